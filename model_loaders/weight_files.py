@@ -1,0 +1,215 @@
+"""Reading official weight files lazily, one tensor at a time.
+
+``open_weights(path)`` accepts what users have on disk:
+
+* a folder holding ``*.safetensors.index.json`` + shards (official ``transformer/``, ``step_llm/``),
+* a folder holding exactly one ``.safetensors`` or one ``pytorch_model.bin``,
+* an ``*.index.json`` file, a single ``.safetensors`` file, or a pickled ``.bin``/``.pt``/``.pth``
+  file (read with ``torch.load(weights_only=True, mmap=True)``).
+
+It returns a :class:`WeightFiles`: key -> shape/dtype without reading data, and ``load(key)`` reads
+one tensor. Safetensors headers are checked against the file size up front, so a truncated
+download fails with the byte counts instead of a cryptic error halfway through loading.
+"""
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+
+from .errors import CheckpointError, examples
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple
+    dtype: torch.dtype
+    file: str
+    stored_key: str  # the name inside the file (differs from the dict key after ``renamed``)
+
+
+class WeightFiles:
+    """A flat state dict spread over one or more files, read lazily.
+
+    Attributes:
+        source: the path the user gave (used in every error message).
+        info: key -> :class:`TensorInfo`.
+    """
+
+    def __init__(self, source, info, pickled=None):
+        self.source = source
+        self.info = info
+        self._pickled = pickled  # key -> tensor for .bin files (memory-mapped by torch.load)
+        self._handles = {}
+
+    def keys(self):
+        return self.info.keys()
+
+    def __contains__(self, key):
+        return key in self.info
+
+    def __len__(self):
+        return len(self.info)
+
+    def shape(self, key):
+        return self.info[key].shape
+
+    def files(self):
+        return sorted({i.file for i in self.info.values()})
+
+    def load(self, key) -> torch.Tensor:
+        """The tensor stored under ``key`` (CPU, stored dtype)."""
+        entry = self.info[key]
+        if self._pickled is not None:
+            return self._pickled[entry.stored_key]
+        handle = self._handles.get(entry.file)
+        if handle is None:
+            handle = self._handles[entry.file] = safe_open(entry.file, framework="pt", device="cpu")
+        return handle.get_tensor(entry.stored_key)
+
+    def close(self):
+        self._handles.clear()
+        self._pickled = None
+
+    def storage_dtype(self):
+        """The most common floating dtype among the stored tensors (None if none is floating)."""
+        counts = {}
+        for i in self.info.values():
+            if i.dtype.is_floating_point:
+                counts[i.dtype] = counts.get(i.dtype, 0) + 1
+        return max(counts, key=counts.get) if counts else None
+
+    def renamed(self, rename):
+        """A view with every key passed through ``rename`` (keys mapped to None are dropped)."""
+        info = {}
+        for key, entry in self.info.items():
+            new = rename(key)
+            if new is not None:
+                info[new] = entry
+        return WeightFiles(self.source, info, self._pickled)
+
+
+def read_safetensors_header(path):
+    """key -> TensorInfo for one safetensors file; raises CheckpointError if it is damaged or truncated."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is not a safetensors file: it is only {size} bytes long.")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > size - 8 or header_len > 100_000_000:
+            raise CheckpointError(
+                f"{path} is not a valid safetensors file (header length {header_len} bytes, file {size} bytes); "
+                "it is damaged or not a safetensors file at all.")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path} has an unreadable safetensors header ({e}); the file is damaged.") from None
+    header.pop("__metadata__", None)
+    info, data_end = {}, 0
+    for key, entry in header.items():
+        dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        if dtype is None:
+            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {entry.get('dtype')!r}.")
+        info[key] = TensorInfo(tuple(entry["shape"]), dtype, path, key)
+        data_end = max(data_end, entry["data_offsets"][1])
+    expected = 8 + header_len + data_end
+    if size < expected:
+        raise CheckpointError(
+            f"{path} is truncated: its header describes {expected:,} bytes but the file has {size:,} "
+            f"({expected - size:,} bytes missing). Download it again.")
+    return info
+
+
+def _read_index(index_path):
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{index_path} is not a valid shard index (expected a JSON file with a "
+                              f"'weight_map'): {e}") from None
+    folder = os.path.dirname(index_path)
+    shards = sorted(set(weight_map.values()))
+    missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+    if missing:
+        raise CheckpointError(
+            f"{index_path} lists {len(shards)} shard files but {len(missing)} are missing from {folder}: "
+            f"{examples(missing)}. Download the missing shards.")
+    info = {}
+    for shard in shards:
+        info.update(read_safetensors_header(os.path.join(folder, shard)))
+    indexed = set(weight_map)
+    stored = set(info)
+    if indexed - stored:
+        raise CheckpointError(
+            f"{index_path} names {len(indexed - stored)} tensors that its shards do not contain: "
+            f"{examples(indexed - stored)}. A shard is damaged or from another download.")
+    if stored - indexed:
+        raise CheckpointError(
+            f"the shards in {folder} hold {len(stored - indexed)} tensors that {os.path.basename(index_path)} "
+            f"does not list: {examples(stored - indexed)}. The index file is incomplete or from another download.")
+    for key, shard in weight_map.items():
+        if os.path.basename(info[key].file) != shard:
+            raise CheckpointError(f"{index_path} says {key!r} is in {shard}, but it is in "
+                                  f"{os.path.basename(info[key].file)}. The index and shards do not belong together.")
+    return info
+
+
+def _read_pickle(path):
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for damaged/unsafe pickles
+        raise CheckpointError(f"{path} could not be read as a PyTorch weight file ({type(e).__name__}: {e}). "
+                              "It is damaged, truncated, or contains more than plain tensors.") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not contain a flat dictionary of tensors.")
+    info = {k: TensorInfo(tuple(v.shape), v.dtype, path, k) for k, v in state.items()}
+    return info, state
+
+
+def open_weights(path) -> WeightFiles:
+    """Open a weight file or folder (see module docstring); CheckpointError names anything wrong."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} does not exist.")
+    if os.path.isdir(path):
+        names = sorted(os.listdir(path))
+        indexes = [n for n in names if n.endswith(".safetensors.index.json")]
+        singles = [n for n in names if n.endswith(".safetensors")]
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if len(indexes) == 1:
+            return WeightFiles(path, _read_index(os.path.join(path, indexes[0])))
+        if len(indexes) > 1:
+            raise CheckpointError(f"{path} holds several shard indexes ({examples(indexes)}); keep one model per folder.")
+        if len(singles) == 1:
+            return WeightFiles(path, read_safetensors_header(os.path.join(path, singles[0])))
+        if len(singles) > 1:
+            raise CheckpointError(f"{path} holds {len(singles)} .safetensors files ({examples(singles)}) but no "
+                                  "*.safetensors.index.json saying how they fit together.")
+        if len(pickles) == 1:
+            info, state = _read_pickle(os.path.join(path, pickles[0]))
+            return WeightFiles(path, info, state)
+        raise CheckpointError(f"{path} holds no weight files (expected *.safetensors, a shard index or "
+                              f"pytorch_model.bin); it contains: {examples(names) or 'nothing'}.")
+    if path.endswith(".index.json"):
+        return WeightFiles(path, _read_index(path))
+    if path.endswith(".safetensors"):
+        return WeightFiles(path, read_safetensors_header(path))
+    if path.endswith(PICKLE_SUFFIXES):
+        info, state = _read_pickle(path)
+        return WeightFiles(path, info, state)
+    raise CheckpointError(f"{path}: unknown weight file type (expected .safetensors, .index.json, .bin or .pt).")

@@ -1,0 +1,284 @@
+"""The Step-Video DiT (official ``StepVideoModel``), T2V and TI2V, in plain PyTorch.
+
+Conventions (official): latents are (B, F, C, H, W); timestep t in [0, 1) with t = 0 pure noise and
+t = 1 clean data (multiplied by 1000 inside); the output is the velocity (data - noise) in the
+latent layout. Module and parameter names equal the official state-dict keys, including the
+head-major fused ``attn1.wqkv`` (per head [q; k; v]) and ``attn2.wkv`` (per head [k; v]) rows.
+
+Structure per block (AdaLN-single): modulated LayerNorm -> self-attention (per-head RMS QK-norm,
+3-D RoPE) gated; un-gated, un-normalised cross-attention over [CLIP ; LLM] context; modulated
+LayerNorm -> GELU(tanh) MLP gated. All Linear/Conv/LayerNorm layers come from ``operations``.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .norms import RMSNorm, sinusoidal_embedding
+from .ops import DEFAULT_OPERATIONS, cast_to
+from .rope3d import apply_rope, rope_grid, rope_tables
+
+TIMESTEP_SCALE = 1000.0
+SINUSOID_CHANNELS = 256
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Sizes of a Step-Video DiT; the released model is the default (29.3 B parameters)."""
+
+    num_heads: int = 48
+    head_dim: int = 128
+    in_channels: int = 64
+    out_channels: int = 64
+    num_layers: int = 48
+    caption_channels: tuple = (6144, 1024)  # (Step-LLM width, CLIP width); one entry = no CLIP branch
+    ff_inner_dim: int = 4 * 6144
+    patch_size: int = 1
+    image_condition: bool = False  # TI2V: image latents concatenated on channels + motion-score embedder
+
+    @property
+    def hidden_size(self):
+        return self.num_heads * self.head_dim
+
+    @property
+    def variant(self):
+        return "ti2v" if self.image_condition else "t2v"
+
+
+class TimestepEmbedder(nn.Module):
+    """Linear(256 -> D) -> SiLU -> Linear(D -> D) over a sinusoidal embedding."""
+
+    def __init__(self, dim, operations, device=None, dtype=None):
+        super().__init__()
+        self.linear_1 = operations.Linear(SINUSOID_CHANNELS, dim, device=device, dtype=dtype)
+        self.linear_2 = operations.Linear(dim, dim, device=device, dtype=dtype)
+
+    def forward(self, values, dtype):
+        """values (N,) -> (N, D) in ``dtype``."""
+        return self.linear_2(F.silu(self.linear_1(sinusoidal_embedding(values, SINUSOID_CHANNELS).to(dtype))))
+
+
+class AdaLNSingle(nn.Module):
+    """Timestep (and TI2V motion-score) embedding e, and the shared block modulation Linear(SiLU(e))."""
+
+    def __init__(self, dim, motion_score, operations, device=None, dtype=None):
+        super().__init__()
+        self.emb = nn.Module()
+        self.emb.timestep_embedder = TimestepEmbedder(dim, operations, device, dtype)
+        if motion_score:
+            self.emb.motion_score_embedder = TimestepEmbedder(dim, operations, device, dtype)
+        self.linear = operations.Linear(dim, 6 * dim, device=device, dtype=dtype)
+
+    def forward(self, timestep, motion_score, dtype):
+        """timestep (B,) -> (block modulation (B, 6D), embedding e (B, D))."""
+        e = self.emb.timestep_embedder(timestep * TIMESTEP_SCALE, dtype)
+        if hasattr(self.emb, "motion_score_embedder"):
+            e = e + self.emb.motion_score_embedder(motion_score, dtype)
+        return self.linear(F.silu(e)), e
+
+
+class TextProjection(nn.Module):
+    """Linear -> GELU(tanh) -> Linear (official PixArtAlphaTextProjection)."""
+
+    def __init__(self, in_features, dim, operations, device=None, dtype=None):
+        super().__init__()
+        self.linear_1 = operations.Linear(in_features, dim, device=device, dtype=dtype)
+        self.linear_2 = operations.Linear(dim, dim, device=device, dtype=dtype)
+
+    def forward(self, x):
+        return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, in_channels, dim, patch_size, operations, device=None, dtype=None):
+        super().__init__()
+        self.proj = operations.Conv2d(in_channels, dim, patch_size, stride=patch_size, device=device, dtype=dtype)
+
+    def forward(self, frames):
+        """frames (N, C, H, W) -> tokens (N, H/p * W/p, D)."""
+        return self.proj(frames).flatten(2).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim, head_dim, operations, device=None, dtype=None):
+        super().__init__()
+        self.heads, self.head_dim = dim // head_dim, head_dim
+        self.wqkv = operations.Linear(dim, 3 * dim, bias=False, device=device, dtype=dtype)
+        self.wo = operations.Linear(dim, dim, bias=False, device=device, dtype=dtype)
+        self.q_norm = RMSNorm(head_dim, device=device, dtype=dtype)
+        self.k_norm = RMSNorm(head_dim, device=device, dtype=dtype)
+
+    def forward(self, x, rope_cos, rope_sin, backend, chunk_tokens=None):
+        """x (B, L, D), rope tables (L, head_dim) -> (B, L, D)."""
+        qkv = self.wqkv(x).unflatten(-1, (self.heads, 3 * self.head_dim))  # head-major [q; k; v]
+        q, k, v = qkv.split(self.head_dim, dim=-1)
+        q = apply_rope(self.q_norm(q), rope_cos, rope_sin)
+        k = apply_rope(self.k_norm(k), rope_cos, rope_sin)
+        out = torch.cat([attention(qc, k, v, backend=backend) for qc in _chunks(q, chunk_tokens)], dim=1)
+        return self.wo(out.flatten(-2))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim, head_dim, operations, device=None, dtype=None):
+        super().__init__()
+        self.heads, self.head_dim = dim // head_dim, head_dim
+        self.wq = operations.Linear(dim, dim, bias=False, device=device, dtype=dtype)
+        self.wkv = operations.Linear(dim, 2 * dim, bias=False, device=device, dtype=dtype)
+        self.wo = operations.Linear(dim, dim, bias=False, device=device, dtype=dtype)
+        self.q_norm = RMSNorm(head_dim, device=device, dtype=dtype)
+        self.k_norm = RMSNorm(head_dim, device=device, dtype=dtype)
+
+    def forward(self, x, context, mask, chunk_tokens=None):
+        """x (B, L, D), context (B, Lc, D), mask bool (B, 1, 1, Lc) -> (B, L, D)."""
+        kv = self.wkv(context).unflatten(-1, (self.heads, 2 * self.head_dim))  # head-major [k; v]
+        k, v = kv.split(self.head_dim, dim=-1)
+        k = self.k_norm(k)
+        outs = []
+        for xc in _chunks(x, chunk_tokens):
+            q = self.q_norm(self.wq(xc).unflatten(-1, (self.heads, self.head_dim)))
+            outs.append(self.wo(attention(q, k, v, mask=mask).flatten(-2)))
+        return torch.cat(outs, dim=1)
+
+
+class FeedForward(nn.Module):
+    """``net.0.proj`` Linear(D -> inner) -> GELU(tanh) -> ``net.2`` Linear(inner -> D), no biases."""
+
+    def __init__(self, dim, inner_dim, operations, device=None, dtype=None):
+        super().__init__()
+        gelu_proj = nn.Module()
+        gelu_proj.proj = operations.Linear(dim, inner_dim, bias=False, device=device, dtype=dtype)
+        self.net = nn.ModuleList([gelu_proj, nn.Identity(),
+                                  operations.Linear(inner_dim, dim, bias=False, device=device, dtype=dtype)])
+
+    def forward(self, x, chunk_tokens=None):
+        return torch.cat([self.net[2](F.gelu(self.net[0].proj(xc), approximate="tanh"))
+                          for xc in _chunks(x, chunk_tokens)], dim=1)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: DiTConfig, operations, device=None, dtype=None):
+        super().__init__()
+        dim = config.hidden_size
+        self.scale_shift_table = nn.Parameter(torch.zeros(6, dim, device=device, dtype=dtype))
+        self.norm1 = operations.LayerNorm(dim, eps=1e-5, device=device, dtype=dtype)
+        self.attn1 = SelfAttention(dim, config.head_dim, operations, device, dtype)
+        self.norm2 = operations.LayerNorm(dim, eps=1e-5, device=device, dtype=dtype)
+        self.attn2 = CrossAttention(dim, config.head_dim, operations, device, dtype)
+        self.ff = FeedForward(dim, config.ff_inner_dim, operations, device, dtype)
+
+    def forward(self, x, modulation, context, context_mask, rope_cos, rope_sin, backend="sdpa", chunk_tokens=None):
+        """x (B, L, D); modulation (B, 6D) shared by all blocks; returns (B, L, D)."""
+        table = cast_to(self.scale_shift_table, x)[None] + modulation.unflatten(1, (6, -1))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table.chunk(6, dim=1)
+        h = self.norm1(x) * (1 + scale_msa) + shift_msa
+        x = gate_msa * self.attn1(h, rope_cos, rope_sin, backend, chunk_tokens) + x
+        x = self.attn2(x, context, context_mask, chunk_tokens) + x
+        h = self.norm2(x) * (1 + scale_mlp) + shift_mlp
+        return gate_mlp * self.ff(h, chunk_tokens) + x
+
+
+class StepVideoDiT(nn.Module):
+    """Step-Video DiT. ``forward`` takes the official argument names; see the module docstring.
+
+    Runtime options (attributes, not part of the weights):
+        attention_backend: "sdpa" | "flash_attn" | "sage" for self-attention (see networks.attention).
+        chunk_tokens: if set, feed-forward and attention run over query chunks of this many tokens,
+            bounding activation memory at a small speed cost; results are unchanged.
+    """
+
+    def __init__(self, config: DiTConfig, operations=DEFAULT_OPERATIONS, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        dim = config.hidden_size
+        patch_in = config.in_channels * (2 if config.image_condition else 1)
+        self.pos_embed = PatchEmbed(patch_in, dim, config.patch_size, operations, device, dtype)
+        self.adaln_single = AdaLNSingle(dim, config.image_condition, operations, device, dtype)
+        self.caption_projection = TextProjection(config.caption_channels[0], dim, operations, device, dtype)
+        if len(config.caption_channels) > 1:
+            self.clip_projection = operations.Linear(config.caption_channels[1], dim, device=device, dtype=dtype)
+        self.transformer_blocks = nn.ModuleList(
+            [TransformerBlock(config, operations, device, dtype) for _ in range(config.num_layers)])
+        self.scale_shift_table = nn.Parameter(torch.zeros(2, dim, device=device, dtype=dtype))
+        self.proj_out = operations.Linear(dim, config.patch_size ** 2 * config.out_channels, device=device, dtype=dtype)
+        self.attention_backend = "sdpa"
+        self.chunk_tokens = None
+
+    def embed_context(self, llm_states, clip_states, mask, dtype):
+        """[CLIP ; LLM] cross-attention context, truncated to the longest valid length in the batch.
+
+        llm_states (B, L1, D1); clip_states (B, L2, D2) or None; mask (B, L2 + L1) 0/1 with the valid
+        tokens a prefix (CLIP positions always 1). Returns context (B, Lc, D) and a bool mask
+        (B, 1, 1, Lc). As in the official pipeline the mask is summed in the activation dtype, so in
+        bf16 valid lengths above 256 round to even numbers.
+        """
+        llm = self.caption_projection(F.layer_norm(llm_states.to(dtype), llm_states.shape[-1:], eps=1e-6))
+        parts = [llm]
+        if clip_states is not None and hasattr(self, "clip_projection"):
+            parts.insert(0, self.clip_projection(clip_states.to(dtype)))
+        context = torch.cat(parts, dim=1)
+        if mask is None:
+            lengths = torch.full((context.shape[0],), context.shape[1], device=context.device)
+        else:
+            lengths = mask.to(dtype).sum(dim=1).int().to(context.device)
+        longest = int(lengths.max())
+        context = context[:, :longest]
+        valid = torch.arange(longest, device=context.device)[None] < lengths[:, None]
+        return context, valid[:, None, None, :]
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_2=None,
+                encoder_attention_mask=None, condition_hidden_states=None, motion_score=5.0):
+        """Velocity prediction.
+
+        hidden_states (B, F, C, H, W) noisy latents (their dtype is the compute dtype);
+        timestep (B,) in [0, 1), rounded to the compute dtype like the official pipeline does;
+        encoder_hidden_states (B, L1, D1) Step-LLM states; encoder_hidden_states_2 (B, L2, D2) CLIP
+        states; encoder_attention_mask (B, L2 + L1) 0/1; TI2V only: condition_hidden_states
+        (B, F, C, H, W) image-condition latents (zeros when None) and motion_score (float).
+        Returns (B, F, C_out, H, W) in the compute dtype.
+        """
+        cfg = self.config
+        dtype = hidden_states.dtype
+        batch, frames, _, height, width = hidden_states.shape
+        p = cfg.patch_size
+        if height % p or width % p:
+            raise ValueError(f"latent height/width {height}x{width} must be multiples of the patch size {p}")
+        h, w = height // p, width // p
+        x = hidden_states
+        if cfg.image_condition:
+            if condition_hidden_states is None:
+                condition_hidden_states = torch.zeros_like(hidden_states)
+            x = torch.cat([x, condition_hidden_states.to(dtype)], dim=2)
+        x = self.pos_embed(x.flatten(0, 1)).to(dtype).reshape(batch, frames * h * w, -1)
+
+        timestep = timestep.to(device=x.device, dtype=dtype).reshape(-1).expand(batch)
+        motion = torch.full((batch,), float(motion_score), device=x.device, dtype=dtype)
+        modulation, embedded = self.adaln_single(timestep, motion, dtype)
+        context, context_mask = self.embed_context(encoder_hidden_states, encoder_hidden_states_2,
+                                                   encoder_attention_mask, dtype)
+        rope_cos, rope_sin = rope_tables(rope_grid(frames, h, w, device=x.device), dtype)
+
+        for block in self.transformer_blocks:
+            x = block(x, modulation, context, context_mask, rope_cos, rope_sin,
+                      self.attention_backend, self.chunk_tokens)
+
+        shift, scale = (cast_to(self.scale_shift_table, x)[None] + embedded[:, None]).chunk(2, dim=1)
+        x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+        x = self.proj_out(x)
+        return unpatchify(x, frames, h, w, p, cfg.out_channels)
+
+
+def unpatchify(tokens, frames, h, w, p, channels):
+    """(B, F*h*w, p*p*C) -> (B, F, C, h*p, w*p); each token's channels are ordered (row p, col p, C)."""
+    batch = tokens.shape[0]
+    x = tokens.reshape(batch, frames, h, w, p, p, channels)
+    return x.permute(0, 1, 6, 2, 4, 3, 5).reshape(batch, frames, channels, h * p, w * p)
+
+
+def _chunks(x, size):
+    """Split (B, L, ...) along L into pieces of ``size`` tokens (one piece when size is None)."""
+    if not size or x.shape[1] <= size:
+        return (x,)
+    return x.split(size, dim=1)

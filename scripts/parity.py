@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Check our networks against fixtures produced by the OFFICIAL Step-Video code.
+
+    python scripts/parity.py DIR [DIR ...]
+
+Each DIR is a fixture folder (holding manifest.json) or a folder of fixture folders. Every
+fixture's checkpoint goes through the same loaders a user's files go through (config detected
+from the file); every case prints one line with its max abs error and bound, then a summary
+``N passed, M failed``. Exit status 1 if anything failed. Format: ../shared/parity/README.md.
+"""
+
+import json
+import os
+import sys
+import traceback
+
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pack_path import import_pack  # noqa: E402
+
+import_pack()
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def case_inputs(case, data, dtype=None):
+    """Manifest inputs -> values: strings name tensors in data.safetensors; floats cast to ``dtype``."""
+    out = {}
+    for name, value in case["inputs"].items():
+        if isinstance(value, str):
+            value = data[value]
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+        out[name] = value
+    return out
+
+
+def config_mismatches(detected, official):
+    """Names of official config fields whose value differs from the detected one."""
+    bad = []
+    for field, value in official.items():
+        if field in detected and detected[field] != value:
+            bad.append(f"{field}: detected {detected[field]!r}, official {value!r}")
+    return bad
+
+
+# --- one runner per fixture kind: (folder, manifest) -> (config check errors, case runner) -----------
+
+def dit_runner(folder, manifest):
+    from stepvideo_pack.model_loaders.dit_loader import detect_dit_config, dit_weights, load_dit
+
+    path = os.path.join(folder, manifest["checkpoint"])
+    cfg = detect_dit_config(dit_weights(path))
+    detected = {"num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim,
+                "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "num_layers": cfg.num_layers,
+                "caption_channels": list(cfg.caption_channels), "patch_size": cfg.patch_size,
+                "use_additional_conditions": cfg.image_condition}
+    models = {}
+
+    def run(case, data):
+        dtype = DTYPES[case["dtype"]]
+        if dtype not in models:
+            models[dtype] = load_dit(path, weight_dtype=dtype)
+        inputs = case_inputs(case, data, dtype)
+        if manifest["kind"] == "pipeline":
+            return {"latents": sample_official_loop(models[dtype], inputs)}
+        with torch.no_grad():
+            return {"out": models[dtype](**inputs)}
+
+    return config_mismatches(detected, manifest.get("official_config", {})), run
+
+
+def sample_official_loop(model, inputs):
+    """The fixture's 'sample' op: Euler + CFG over the DiT, batch [cond, uncond]."""
+    from stepvideo_pack.samplers.flow_euler import cfg_combine, sample_flow_euler
+    from stepvideo_pack.samplers.flow_schedule import comfy_velocity, noise_levels, timestep_from_sigma
+
+    noise = inputs["noise"]
+
+    def velocity(x, sigma):
+        batch = torch.cat([x, x]).to(noise.dtype)
+        t = torch.full((2,), timestep_from_sigma(sigma))
+        with torch.no_grad():
+            v = model(batch, t, inputs["encoder_hidden_states"], inputs["encoder_hidden_states_2"],
+                      inputs["encoder_attention_mask"])
+        cond, uncond = v.float().chunk(2)
+        return comfy_velocity(cfg_combine(cond, uncond, inputs["guidance"]))
+
+    return sample_flow_euler(velocity, noise, noise_levels(inputs["steps"], inputs["shift"]))
+
+
+def scheduler_runner(folder, manifest):
+    from stepvideo_pack.samplers.flow_schedule import official_timesteps
+
+    def run(case, data):
+        timesteps, sigmas = official_timesteps(case["inputs"]["steps"], case["inputs"]["shift"])
+        return {"timesteps": timesteps, "sigmas": sigmas}
+
+    return [], run
+
+
+def vae_runner(folder, manifest):
+    from stepvideo_pack.model_loaders.vae_loader import detect_vae_config, load_vae
+    from stepvideo_pack.model_loaders.weight_files import open_weights
+
+    path = os.path.join(folder, manifest["checkpoint"])
+    cfg = detect_vae_config(open_weights(path))
+    official = manifest.get("official_config", {})
+    errors = []
+    for part in ("encoder", "decoder"):
+        detected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in getattr(cfg, part).__dict__.items()}
+        errors += [f"{part}.{e}" for e in config_mismatches(detected, official.get(part, {}))]
+    vae = load_vae(path, dtype=torch.float32)
+
+    def run(case, data):
+        inputs = case_inputs(case, data, torch.float32)
+        with torch.no_grad():
+            if case["op"] == "encode_moments":
+                mean, logvar = vae.encode_moments(inputs["video"])
+                return {"mean": mean, "logvar": logvar}
+            return {"video": vae.decode(inputs["latent"])}
+
+    return errors, run
+
+
+def step_llm_runner(folder, manifest):
+    from stepvideo_pack.model_loaders.text_encoder_loader import load_step_llm
+
+    path = os.path.join(folder, manifest["checkpoint"])
+    models = {}
+
+    def run(case, data):
+        dtype = DTYPES[case["dtype"]]
+        if dtype not in models:
+            models[dtype] = load_step_llm(path, dtype=dtype, config=manifest.get("official_config"))
+        with torch.no_grad():
+            return {"last_hidden_state": models[dtype](data[case["inputs"]["input_ids"]])}
+
+    return [], run
+
+
+def step_tokenizer_runner(folder, manifest):
+    from stepvideo_pack.model_loaders.text_encoder_loader import load_step_tokenizer
+
+    tokenizer = load_step_tokenizer(os.path.join(folder, manifest["tokenizer"]))
+
+    def run(case, data):
+        ids, mask = tokenizer(case["inputs"]["prompts"], max_length=case["inputs"]["max_length"])
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return [], run
+
+
+def hunyuan_clip_runner(folder, manifest):
+    from stepvideo_pack.model_loaders.text_encoder_loader import load_clip_tokenizer, load_hunyuan_clip
+
+    encoder_dir = os.path.dirname(os.path.join(folder, manifest["checkpoint"]))
+    tokenizer = load_clip_tokenizer(os.path.join(folder, manifest["tokenizer"]))
+    model = load_hunyuan_clip(encoder_dir, dtype=torch.float32)
+
+    def run(case, data):
+        if case["op"] == "tokenize":
+            ids, mask = tokenizer(case["inputs"]["prompts"], max_length=case["inputs"]["max_length"])
+            return {"input_ids": ids, "attention_mask": mask}
+        with torch.no_grad():
+            return {"last_hidden_state": model(data[case["inputs"]["input_ids"]],
+                                               data[case["inputs"]["attention_mask"]])}
+
+    return [], run
+
+
+RUNNERS = {"dit": dit_runner, "pipeline": dit_runner, "scheduler": scheduler_runner, "vae": vae_runner,
+           "step_llm": step_llm_runner, "step_tokenizer": step_tokenizer_runner,
+           "hunyuan_clip": hunyuan_clip_runner}
+
+
+def find_fixtures(paths):
+    """Every folder holding a manifest.json under the given paths (sorted)."""
+    found = []
+    for path in paths:
+        if os.path.isfile(os.path.join(path, "manifest.json")):
+            found.append(path)
+        elif os.path.isdir(path):
+            found += sorted(os.path.join(path, n) for n in os.listdir(path)
+                            if os.path.isfile(os.path.join(path, n, "manifest.json")))
+    return found
+
+
+def compare(expected, got):
+    """Max abs difference (exact comparison for integers); shape mismatch raises."""
+    if tuple(got.shape) != tuple(expected.shape):
+        raise AssertionError(f"shape {list(got.shape)} != expected {list(expected.shape)}")
+    if not expected.is_floating_point():
+        return float((got.long() != expected.long()).sum())
+    return (got.double() - expected.double()).abs().max().item()
+
+
+def run_fixture(folder):
+    """Yield (case label, error or None, bound, message) for every case of one fixture."""
+    name = os.path.basename(os.path.normpath(folder))
+    with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    data = load_file(os.path.join(folder, "data.safetensors"))
+    try:
+        config_errors, run = RUNNERS[manifest["kind"]](folder, manifest)
+    except Exception as e:
+        for case in manifest["cases"]:
+            yield f"{name}/{case['name']}", None, case["atol"], f"load failed: {type(e).__name__}: {e}"
+        return
+    if config_errors:
+        yield f"{name}/config", None, 0, "detected config differs: " + "; ".join(config_errors)
+    for case in manifest["cases"]:
+        label = f"{name}/{case['name']}"
+        try:
+            outputs = run(case, data)
+            worst = 0.0
+            for out_name, ref_name in case["outputs"].items():
+                worst = max(worst, compare(data[ref_name], outputs[out_name]))
+            yield label, worst, case["atol"], None
+        except Exception as e:
+            yield label, None, case["atol"], f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+
+
+def main(argv):
+    if not argv:
+        print(__doc__)
+        return 2
+    fixtures = find_fixtures(argv)
+    if not fixtures:
+        print(f"no fixture folders (with manifest.json) under {', '.join(argv)}")
+        return 2
+    passed = failed = 0
+    for folder in fixtures:
+        for label, err, bound, message in run_fixture(folder):
+            ok = message is None and err <= bound
+            passed += ok
+            failed += not ok
+            if message is None:
+                print(f"{'PASS' if ok else 'FAIL'} {label}: max abs error {err:.3e} (bound {bound:.3e})")
+            else:
+                print(f"FAIL {label}: {message}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
