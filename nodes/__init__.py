@@ -1,0 +1,14 @@
+"""All node classes of the pack, by node id (every id starts with "StepVideo").
+
+Each node class carries its display name as ``DISPLAY_NAME``.
+"""
+
+from . import models, sampling
+
+NODE_MODULES = (models, sampling)
+
+NODE_CLASS_MAPPINGS = {
+    name: cls for module in NODE_MODULES for name, cls in vars(module).items()
+    if name.startswith("StepVideo") and isinstance(cls, type) and hasattr(cls, "INPUT_TYPES")
+}
+NODE_DISPLAY_NAME_MAPPINGS = {name: cls.DISPLAY_NAME for name, cls in NODE_CLASS_MAPPINGS.items()}

@@ -1,0 +1,92 @@
+"""Finding Step-Video weights in model folders (pure; the nodes pass in ComfyUI's folder lists).
+
+Two ways users store weights:
+
+* an OFFICIAL download folder dropped into ``models/stepvideo/`` as is, e.g.
+  ``models/stepvideo/stepvideo-t2v/{transformer,vae,step_llm,hunyuan_clip}/`` — listed by its
+  folder name (relative to the stepvideo root), one entry per part it holds; a part folder on its
+  own (``models/stepvideo/my-transformer/`` holding the shard index) is listed too;
+* single files in ComfyUI's standard folders (``diffusion_models``, ``vae``, ``text_encoders``),
+  listed by file name.
+"""
+
+import os
+
+from .errors import CheckpointError
+from .official_layout import CLIP_DIR, STEP_LLM_DIR, TRANSFORMER_DIR, VAE_FILE
+
+PARTS = {
+    # part -> (sub-path inside an official folder, test that a folder IS that part on its own)
+    "transformer": (TRANSFORMER_DIR, lambda d: _has_suffix(d, "diffusion_pytorch_model.safetensors.index.json")),
+    "vae": (VAE_FILE, lambda d: os.path.isfile(os.path.join(d, "vae_v2.safetensors"))),
+    "step_llm": (STEP_LLM_DIR, lambda d: _has_suffix(d, "step1_chat_tokenizer.model")),
+    "hunyuan_clip": (CLIP_DIR, lambda d: os.path.isdir(os.path.join(d, "clip_text_encoder"))),
+}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
+MAX_DEPTH = 3
+
+
+def _has_suffix(folder, name):
+    return os.path.isfile(os.path.join(folder, name))
+
+
+def _walk(root):
+    """Folders under ``root`` up to MAX_DEPTH levels, as (relative name, absolute path)."""
+    root = os.path.abspath(root)
+    for current, dirs, _ in os.walk(root, followlinks=True):
+        rel = os.path.relpath(current, root)
+        depth = 0 if rel == "." else rel.count(os.sep) + 1
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < MAX_DEPTH else []
+        if rel != ".":
+            yield rel.replace(os.sep, "/"), current
+
+
+def official_parts(roots, part):
+    """{choice name: path of that part} for every official folder (or bare part folder) under ``roots``."""
+    sub_path, is_part = PARTS[part]
+    found = {}
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for name, folder in _walk(root):
+            candidate = os.path.join(folder, sub_path)
+            if os.path.exists(candidate):
+                found.setdefault(name, candidate)
+            elif is_part(folder):
+                found.setdefault(name, os.path.join(folder, "vae_v2.safetensors") if part == "vae" else folder)
+    return found
+
+
+def single_files(roots):
+    """{file name relative to its root: path} of weight files directly usable as one model."""
+    found = {}
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for current, dirs, files in os.walk(root, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in sorted(files):
+                if f.endswith(SINGLE_FILE_SUFFIXES):
+                    rel = os.path.relpath(os.path.join(current, f), root).replace(os.sep, "/")
+                    found.setdefault(rel, os.path.join(current, f))
+    return found
+
+
+def choices(stepvideo_roots, file_roots, part):
+    """(sorted choice names, {name: path}) for a loader: official folders first, then single files."""
+    folders = official_parts(stepvideo_roots, part)
+    files = {k: v for k, v in single_files(file_roots).items() if k not in folders}
+    mapping = {**folders, **files}
+    return sorted(folders) + sorted(files), mapping
+
+
+def resolve(stepvideo_roots, file_roots, part, name, slot):
+    """Path for a chosen name; CheckpointError naming where we looked when it is gone."""
+    _, mapping = choices(stepvideo_roots, file_roots, part)
+    if name in mapping:
+        return mapping[name]
+    looked = ", ".join(list(stepvideo_roots) + list(file_roots)) or "(no model folders registered)"
+    raise CheckpointError(
+        f"{slot}: '{name}' was not found. Looked for an official download folder containing "
+        f"'{PARTS[part][0]}' and for single files under: {looked}. Check the file name, or put the "
+        "official folder into ComfyUI/models/stepvideo/.")

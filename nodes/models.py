@@ -1,0 +1,36 @@
+"""Loader nodes: the DiT as a standard MODEL (the VAE and text-encoder loaders live beside their types)."""
+
+from ..model_loaders.comfy_model import WEIGHT_DTYPES, load_stepvideo_model
+from ..networks.attention import BACKENDS
+from ..samplers.flow_schedule import DEFAULT_SHIFT
+from .host import CATEGORY, model_choices, model_path
+
+
+class StepVideoDiTLoader:
+    DISPLAY_NAME = "StepVideo DiT Loader"
+    DESCRIPTION = ("Loads the Step-Video DiT (T2V, TI2V or Turbo) as a standard MODEL: KSampler, "
+                   "SamplerCustomAdvanced, ModelSamplingSD3 and ComfyUI's automatic offloading work with it. "
+                   "Lists official download folders in models/stepvideo/ (their transformer/) and single files "
+                   "in models/diffusion_models/.")
+    CATEGORY = CATEGORY + "/loaders"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (model_choices("transformer", "diffusion_models"),
+                           {"tooltip": "An official download folder (uses its transformer/) or a single-file DiT."}),
+            "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default (bf16)",
+                             "tooltip": "Storage of the matmul weights. fp8 halves memory (30 GB instead of 60 GB) "
+                                        "and computes in bf16."}),
+            "attention": (list(BACKENDS), {"default": "sdpa",
+                          "tooltip": "Self-attention kernel. flash_attn / sage are used when importable on a CUDA "
+                                     "GPU, otherwise PyTorch SDPA with a one-line notice."}),
+            "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1,
+                                "tooltip": "Flow shift for ComfyUI's schedulers (KSampler): 13 base, 17 Turbo."}),
+        }}
+
+    def load(self, model_name, weight_dtype, attention, shift):
+        path = model_path("transformer", "diffusion_models", model_name, "StepVideo DiT Loader")
+        return (load_stepvideo_model(path, weight_dtype=weight_dtype, attention=attention, shift=shift),)

@@ -1,0 +1,133 @@
+"""Sampling nodes: the official Euler flow-matching sampler, its schedule, and empty latents."""
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import latent_preview
+
+from ..samplers.flow_euler import sample_flow_euler
+from ..samplers.flow_schedule import DEFAULT_SHIFT, partial_noise_levels
+from ..samplers.video_geometry import latent_frames, snap_frames, snap_size, snapping_note
+from .host import CATEGORY, check_interrupt
+
+
+class OfficialEulerSampler(comfy.samplers.Sampler):
+    """ComfyUI Sampler running samplers.flow_euler.sample_flow_euler on a CFG-guided ComfyUI model.
+
+    The guider returns the CFG-combined denoised estimate x0; in the flow convention the velocity is
+    (x - x0) / sigma, so every step is exactly the official x <- x + v (sigma_next - sigma).
+    ``noise_mask`` is applied by our loop (known latents re-noised each step, copied exactly at the end).
+    """
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        total = len(sigmas) - 1
+
+        def velocity(x, sigma):
+            check_interrupt()
+            s = torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)
+            denoised = model_wrap(x, s, **extra_args)
+            return (x - denoised) / sigma
+
+        def on_step(i, x, denoised):
+            if callback is not None:
+                callback(i, denoised, x, total)
+
+        return sample_flow_euler(velocity, noise, sigmas.float().cpu(), latent=latent_image, mask=denoise_mask,
+                                 callback=on_step)
+
+
+def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise):
+    """LATENT dict -> sampled LATENT dict, with ComfyUI noise (CPU generator, same as KSampler)."""
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    sigmas = partial_noise_levels(steps, shift, denoise)
+    if len(sigmas) == 0:
+        return latent
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+    out = guider.sample(noise, samples, OfficialEulerSampler(), sigmas, denoise_mask=latent.get("noise_mask"),
+                        callback=callback, seed=seed)
+    return {**latent, "samples": out.to(comfy.model_management.intermediate_device())}
+
+
+class StepVideoSampler:
+    DISPLAY_NAME = "StepVideo Sampler"
+    DESCRIPTION = ("The official Step-Video sampler: Euler flow matching on the official time-shifted schedule "
+                   "with classifier-free guidance. Honours the latent's noise_mask (known frames stay exact) and "
+                   "denoise (< 1 starts part-way, for SDEdit/video-to-video). Interruptible every step.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A Step-Video DiT from StepVideo DiT Loader."}),
+            "positive": ("CONDITIONING", {"tooltip": "From StepVideo Text Encode (positive)."}),
+            "negative": ("CONDITIONING", {"tooltip": "From StepVideo Text Encode (negative)."}),
+            "latent": ("LATENT", {"tooltip": "Start latent (StepVideo Empty Latent, or a mode node's output)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                             "tooltip": "Noise seed (same noise as KSampler for the same seed)."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 500,
+                              "tooltip": "Euler steps: 30-50 for the base model, 10-15 for Turbo."}),
+            "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "Classifier-free guidance: 9 for the base model, 5 for Turbo. 1 = off."}),
+            "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1,
+                                "tooltip": "Time shift of the schedule: 13 for the base model, 17 for Turbo."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "1 = from pure noise. Below 1 the run starts part-way from the input "
+                                             "latent (SDEdit strength); 0 returns the input unchanged."}),
+        }}
+
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, denoise):
+        return (run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise),)
+
+
+class StepVideoScheduler:
+    DISPLAY_NAME = "StepVideo Scheduler"
+    DESCRIPTION = ("SIGMAS of the official Step-Video schedule (shifted linear, noise level 1 -> 0) for "
+                   "SamplerCustomAdvanced. With the euler sampler this is the official loop.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "schedule"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "steps": ("INT", {"default": 50, "min": 1, "max": 500}),
+            "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+        }}
+
+    def schedule(self, steps, shift, denoise):
+        return (partial_noise_levels(steps, shift, denoise),)
+
+
+class StepVideoEmptyLatent:
+    DISPLAY_NAME = "StepVideo Empty Latent"
+    DESCRIPTION = "An empty Step-Video latent video [batch, 64, latent frames, height/16, width/16]. " + snapping_note()
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "width": ("INT", {"default": 992, "min": 16, "max": 4096, "step": 16,
+                              "tooltip": "Pixels; snapped down to a multiple of 16. Official: 992 (or 768)."}),
+            "height": ("INT", {"default": 544, "min": 16, "max": 4096, "step": 16,
+                               "tooltip": "Pixels; snapped down to a multiple of 16. Official: 544 (or 768)."}),
+            "frames": ("INT", {"default": 204, "min": 1, "max": 17 * 60,
+                               "tooltip": "Pixel frames, snapped down to a multiple of 17 (17 -> 3 latent frames, "
+                                          "204 -> 36); 1 makes a single image. Official: 204."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+        }}
+
+    def generate(self, width, height, frames, batch_size):
+        shape = (batch_size, 64, latent_frames(snap_frames(frames)), snap_size(height) // 16, snap_size(width) // 16)
+        return ({"samples": torch.zeros(shape, device=comfy.model_management.intermediate_device())},)

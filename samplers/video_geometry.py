@@ -1,0 +1,37 @@
+"""Frame and size rules of the Step-Video latent grid (the official pipeline's snapping).
+
+The Video-VAE maps every 17 pixel frames to 3 latent frames independently (a single image to 1
+latent frame) and 16x16 pixels to one latent position. The official pipeline snaps requests down
+to that grid: frames -> max(frames // 17 * 17, 1), height/width -> max(x // 16 * 16, 16).
+"""
+
+FRAMES_PER_CHUNK = 17
+LATENTS_PER_CHUNK = 3
+SPATIAL = 16
+
+
+def snap_frames(frames):
+    """Pixel frames the model can produce for a request: a multiple of 17, or 1 (an image)."""
+    return max(int(frames) // FRAMES_PER_CHUNK * FRAMES_PER_CHUNK, 1)
+
+
+def snap_size(pixels):
+    """Height or width snapped down to a multiple of 16 (at least 16)."""
+    return max(int(pixels) // SPATIAL * SPATIAL, SPATIAL)
+
+
+def latent_frames(frames):
+    """Latent frames of ``frames`` pixel frames (after snapping): 17 -> 3, 204 -> 36, 1 -> 1."""
+    return max(int(frames) // FRAMES_PER_CHUNK * LATENTS_PER_CHUNK, 1)
+
+
+def pixel_frames(latents):
+    """Pixel frames decoded from ``latents`` latent frames: 17 per whole 3-latent chunk; a last chunk of
+    t < 3 latents decodes to 8t - 7 frames (the decoder's causal 8x upsampling), e.g. 1 -> 1."""
+    whole, rest = divmod(int(latents), LATENTS_PER_CHUNK)
+    return whole * FRAMES_PER_CHUNK + (8 * rest - 7 if rest else 0)
+
+
+def snapping_note():
+    return ("Frames snap down to a multiple of 17 (each 17 frames become 3 latent frames; 1 frame = an image); "
+            "width and height snap down to multiples of 16.")
