@@ -1,0 +1,68 @@
+"""Saving frames as an H.264 MP4 with the workflow embedded (drag it back into ComfyUI to get the graph)."""
+
+import json
+import os
+
+import folder_paths
+
+from ..media.mp4 import write_mp4
+from .host import CATEGORY
+
+try:  # ComfyUI >= 0.3.30 has a VIDEO type
+    from comfy_api.input_impl import VideoFromFile
+except ImportError:
+    VideoFromFile = None
+
+try:
+    from comfy.cli_args import args as _host_args
+except ImportError:
+    _host_args = None
+
+
+def _metadata(prompt, extra_pnginfo):
+    """The prompt (API format) and every extra_pnginfo entry (the UI workflow) as JSON tags, like the host's savers."""
+    if _host_args is not None and getattr(_host_args, "disable_metadata", False):
+        return {}
+    tags = {}
+    if prompt is not None:
+        tags["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        tags[key] = json.dumps(value)
+    return tags
+
+
+class StepVideoSaveVideo:
+    DISPLAY_NAME = "StepVideo Save Video (MP4)"
+    DESCRIPTION = ("Writes the frames as an H.264 MP4 into ComfyUI's output folder, with the prompt and the workflow "
+                   "embedded like ComfyUI's own savers: drop the MP4 onto the canvas to get the graph back. Shows "
+                   "a preview and outputs a VIDEO where the host has that type.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("VIDEO",) if VideoFromFile is not None else ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Video frames [frames, height, width, 3] in 0..1."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.5,
+                                  "tooltip": "Frames per second (official: 25)."}),
+                "crf": ("INT", {"default": 19, "min": 0, "max": 51,
+                                "tooltip": "H.264 quality: lower is better and larger; 17-23 is typical."}),
+                "filename_prefix": ("STRING", {"default": "StepVideo/video",
+                                               "tooltip": "Path under ComfyUI/output; a counter is appended."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save(self, images, fps, crf, filename_prefix, prompt=None, extra_pnginfo=None):
+        height, width = images.shape[1], images.shape[2]
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), width, height)
+        filename = f"{name}_{counter:05}_.mp4"
+        path = os.path.join(folder, filename)
+        write_mp4(path, images, fps=fps, crf=crf, metadata=_metadata(prompt, extra_pnginfo))
+        ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+        result = (VideoFromFile(path),) if VideoFromFile is not None else ()
+        return {"ui": ui, "result": result}
