@@ -30,23 +30,23 @@ def official_timesteps(steps, shift=DEFAULT_SHIFT):
 
 def noise_levels(steps, shift=DEFAULT_SHIFT):
     """The same schedule as ComfyUI sigmas: (N+1,) noise levels decreasing from 1 to 0."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    return shifted(torch.linspace(1, 0, steps + 1, dtype=torch.float32), shift)
+    return partial_noise_levels(steps, shift, 1.0)
 
 
 def partial_noise_levels(steps, shift=DEFAULT_SHIFT, denoise=1.0):
-    """Noise levels for a run that starts part-way (SDEdit / img2img), ComfyUI's ``denoise`` rule.
+    """Noise levels for a run that starts part-way (SDEdit / img2img): ``steps`` Euler steps over the
+    shifted schedule from unshifted time s = ``denoise`` down to 0, i.e. shifted(linspace(denoise, 0, N+1)).
 
-    The full schedule has round(steps / denoise) steps and the last ``steps`` of them are run, so the
-    first level is roughly ``denoise`` after the shift. denoise <= 0 gives an empty schedule.
+    denoise = 1 is the official full schedule; denoise <= 0 gives an empty schedule (nothing to do).
+    ComfyUI's KSampler approximates the same start by running the last ``steps`` of
+    int(steps / denoise) steps, so the two agree exactly when steps / denoise is an integer.
     """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     if denoise <= 0:
         return torch.zeros(0)
-    if denoise >= 0.9999:
-        return noise_levels(steps, shift)
-    total = int(steps / denoise)
-    return noise_levels(total, shift)[-(steps + 1):]
+    start = min(float(denoise), 1.0)
+    return shifted(torch.linspace(start, 0, steps + 1, dtype=torch.float32), shift)
 
 
 def timestep_from_sigma(sigma):
