@@ -117,7 +117,7 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.split(self.head_dim, dim=-1)
         q = apply_rope(self.q_norm(q), rope_cos, rope_sin)
         k = apply_rope(self.k_norm(k), rope_cos, rope_sin)
-        out = torch.cat([attention(qc, k, v, backend=backend) for qc in _chunks(q, chunk_tokens)], dim=1)
+        out = _cat([attention(qc, k, v, backend=backend) for qc in _chunks(q, chunk_tokens)])
         return self.wo(out.flatten(-2))
 
 
@@ -140,7 +140,7 @@ class CrossAttention(nn.Module):
         for xc in _chunks(x, chunk_tokens):
             q = self.q_norm(self.wq(xc).unflatten(-1, (self.heads, self.head_dim)))
             outs.append(self.wo(attention(q, k, v, mask=mask).flatten(-2)))
-        return torch.cat(outs, dim=1)
+        return _cat(outs)
 
 
 class FeedForward(nn.Module):
@@ -154,8 +154,8 @@ class FeedForward(nn.Module):
                                   operations.Linear(inner_dim, dim, bias=False, device=device, dtype=dtype)])
 
     def forward(self, x, chunk_tokens=None):
-        return torch.cat([self.net[2](F.gelu(self.net[0].proj(xc), approximate="tanh"))
-                          for xc in _chunks(x, chunk_tokens)], dim=1)
+        return _cat([self.net[2](F.gelu(self.net[0].proj(xc), approximate="tanh"))
+                     for xc in _chunks(x, chunk_tokens)])
 
 
 class TransformerBlock(nn.Module):
@@ -275,6 +275,11 @@ def unpatchify(tokens, frames, h, w, p, channels):
     batch = tokens.shape[0]
     x = tokens.reshape(batch, frames, h, w, p, p, channels)
     return x.permute(0, 1, 6, 2, 4, 3, 5).reshape(batch, frames, channels, h * p, w * p)
+
+
+def _cat(pieces):
+    """Concatenate along tokens; a single piece is returned as is (no copy)."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
 def _chunks(x, size):
