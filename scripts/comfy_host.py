@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""Run a real ComfyUI server with this pack installed, and talk to it over HTTP. Standard library only.
+
+Library (the integration tests use it through tests/integration/conftest.py):
+
+    from comfy_host import ComfyHost
+    host = ComfyHost()                      # throwaway base directory; nothing starts yet
+    # ... write model files under host.models_dir / input files under host.input_dir ...
+    with host:                              # starts, waits until ready, ALWAYS stops
+        host.assert_pack_imported()         # no import failure of the pack in the server log
+        prompt_id = host.client.queue_prompt(api_prompt)
+        entry = host.client.wait_for_history(prompt_id, timeout=120)
+        data = host.client.fetch_output(host.client.output_files(entry)[0])
+
+The server runs `main.py --cpu --disable-api-nodes` on 127.0.0.1 and a free port, with a throwaway
+`--base-directory` (models/ input/ output/ user/ custom_nodes/ temp/ inside), an in-memory database,
+and only this pack loaded: it is linked into custom_nodes/ as PACK_FOLDER_NAME whatever the clone's path.
+Its log goes to a file (kept under artifacts/). Stopping terminates, then kills, its whole process
+group; an atexit hook, SIGTERM/SIGHUP handlers and a parent-death signal make sure nothing is left.
+
+CLI:
+    python scripts/comfy_host.py serve [--port N]        run until Ctrl-C (open the printed URL)
+    python scripts/comfy_host.py check                   start, report the pack's import and nodes, stop
+    python scripts/comfy_host.py run PROMPT.json [--out DIR] [--timeout S]
+                                                          queue an API-format workflow, save its outputs
+
+Which ComfyUI: --comfyui PATH, else $COMFYUI_PATH, else .host/ComfyUI (made by scripts/bootstrap.sh).
+Which Python: --python, else .venv/bin/python, else this interpreter.
+Extra server flags: $COMFY_HOST_EXTRA_ARGS (e.g. "--verbose DEBUG").
+"""
+
+import argparse
+import atexit
+import ctypes
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_FOLDER_NAME = "ComfyUI-StepVideo"
+DEFAULT_HOST_DIR = os.path.join(REPO, ".host", "ComfyUI")
+ARTIFACTS = os.path.join(REPO, "artifacts")
+
+
+class HostError(RuntimeError):
+    """The server could not be started, died, or reported a failure of the pack."""
+
+
+class PromptRejected(RuntimeError):
+    """POST /prompt refused (part of) a prompt. `.response` is the server's JSON (error, node_errors)."""
+
+    def __init__(self, status, response):
+        self.status = status
+        self.response = response if isinstance(response, dict) else {"error": response}
+        self.error = self.response.get("error")
+        self.node_errors = self.response.get("node_errors") or {}
+        self.prompt_id = self.response.get("prompt_id")
+        super().__init__(f"HTTP {status}: {json.dumps(self.response, indent=1)[:4000]}")
+
+
+class ExecutionFailed(RuntimeError):
+    """A queued prompt ended with status 'error'. `.entry` is its /history entry."""
+
+    def __init__(self, prompt_id, entry):
+        self.prompt_id = prompt_id
+        self.entry = entry
+        details = []
+        for kind, data in entry.get("status", {}).get("messages", []):
+            if kind in ("execution_error", "execution_interrupted"):
+                details.append(f"{kind}: node {data.get('node_id')} ({data.get('node_type')}): "
+                               f"{data.get('exception_type', '')} {data.get('exception_message', '')}".rstrip())
+                if data.get("traceback"):
+                    details.append("".join(data["traceback"])[-3000:])
+        super().__init__(f"prompt {prompt_id} failed: " + ("\n".join(details) or json.dumps(entry.get("status"))))
+
+
+# ------------------------------------------------------------------------------------------ client
+
+class ComfyClient:
+    """Blocking JSON client for the ComfyUI HTTP API (urllib only, so it also runs outside the venv)."""
+
+    def __init__(self, base_url, client_id=None):
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id or uuid.uuid4().hex
+
+    # -- plumbing
+    def request(self, method, path, body=None, timeout=30, raw=False):
+        """(status, decoded JSON or bytes). HTTP errors come back as a status, not as an exception."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data is not None else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, payload = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, payload = e.code, e.read()
+        if raw:
+            return status, payload
+        try:
+            return status, json.loads(payload) if payload else None
+        except ValueError:
+            return status, payload.decode("utf-8", "replace")
+
+    def get_json(self, path, timeout=30):
+        status, payload = self.request("GET", path, timeout=timeout)
+        if status != 200:
+            raise HostError(f"GET {path}: HTTP {status}: {str(payload)[:2000]}")
+        return payload
+
+    # -- API
+    def system_stats(self, timeout=5):
+        return self.get_json("/system_stats", timeout=timeout)
+
+    def object_info(self, node=None):
+        """All node definitions ({class_type: info}), or one node's info (None when it does not exist)."""
+        if node is None:
+            return self.get_json("/object_info", timeout=120)
+        return self.get_json("/object_info/" + urllib.parse.quote(node, safe="")).get(node)
+
+    def models(self, folder=None):
+        """Model folder names (GET /models), or the files the host lists in one folder."""
+        return self.get_json("/models" + ("" if folder is None else "/" + urllib.parse.quote(folder, safe="")))
+
+    def queue(self):
+        return self.get_json("/queue")
+
+    def history(self, prompt_id=None, max_items=None):
+        if prompt_id is not None:
+            return self.get_json("/history/" + urllib.parse.quote(prompt_id, safe=""))
+        return self.get_json("/history" + (f"?max_items={max_items}" if max_items else ""))
+
+    def queue_prompt(self, prompt, workflow=None, extra_data=None, allow_partial=False):
+        """POST /prompt with an API-format prompt -> prompt_id.
+
+        workflow: the UI-format graph to embed in outputs (extra_pnginfo.workflow), as the UI does.
+        Raises PromptRejected (with .node_errors) on HTTP 400, and also when the server queued only part
+        of the prompt because some outputs failed validation, unless allow_partial.
+        """
+        extra = dict(extra_data or {})
+        if workflow is not None:
+            extra.setdefault("extra_pnginfo", {})["workflow"] = workflow
+        body = {"prompt": prompt, "client_id": self.client_id, "extra_data": extra}
+        status, payload = self.request("POST", "/prompt", body)
+        if status != 200 or not isinstance(payload, dict) or "prompt_id" not in payload:
+            raise PromptRejected(status, payload)
+        if payload.get("node_errors") and not allow_partial:
+            raise PromptRejected(status, payload)
+        return payload["prompt_id"]
+
+    def wait_for_history(self, prompt_id, timeout=120, poll=0.2):
+        """Wait until the prompt is in /history (finished, either way) and return its entry.
+
+        entry["status"]["status_str"] is "success" or "error"; entry["outputs"] maps node ids to ui data.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            entry = self.history(prompt_id).get(prompt_id)
+            if entry is not None and entry.get("status", {}).get("completed") is not None:
+                return entry
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prompt {prompt_id} not finished after {timeout} s; queue: "
+                                   f"{json.dumps(self.queue())[:1000]}")
+            time.sleep(poll)
+
+    def run_prompt(self, prompt, workflow=None, timeout=300):
+        """Queue, wait, and return the history entry; raises ExecutionFailed unless status is success."""
+        prompt_id = self.queue_prompt(prompt, workflow=workflow)
+        entry = self.wait_for_history(prompt_id, timeout=timeout)
+        if status_str(entry) != "success":
+            raise ExecutionFailed(prompt_id, entry)
+        return entry
+
+    def wait_until_running(self, prompt_id, timeout=60, poll=0.05):
+        """Wait until the prompt is the one executing (in /queue's queue_running)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(item[1] == prompt_id for item in self.queue().get("queue_running", [])):
+                return
+            if prompt_id in self.history(prompt_id):
+                raise HostError(f"prompt {prompt_id} finished before it was seen running")
+            time.sleep(poll)
+        raise TimeoutError(f"prompt {prompt_id} did not start within {timeout} s")
+
+    def interrupt(self, prompt_id=None):
+        """POST /interrupt: stop the running prompt (only that one when prompt_id is given)."""
+        status, payload = self.request("POST", "/interrupt", {} if prompt_id is None else {"prompt_id": prompt_id})
+        if status != 200:
+            raise HostError(f"POST /interrupt: HTTP {status}: {payload}")
+
+    def free(self, unload_models=True, free_memory=True):
+        self.request("POST", "/free", {"unload_models": unload_models, "free_memory": free_memory})
+
+    @staticmethod
+    def output_files(entry, node_id=None):
+        """File entries ({filename, subfolder, type}) in a history entry's outputs, in node order."""
+        files = []
+        for nid, ui in entry.get("outputs", {}).items():
+            if node_id is not None and str(nid) != str(node_id):
+                continue
+            for value in ui.values():
+                if isinstance(value, list):
+                    files += [v for v in value if isinstance(v, dict) and "filename" in v]
+        return files
+
+    def fetch_output(self, file_entry):
+        """The bytes of an output/temp/input file through GET /view."""
+        query = urllib.parse.urlencode({"filename": file_entry["filename"],
+                                        "subfolder": file_entry.get("subfolder", ""),
+                                        "type": file_entry.get("type", "output")})
+        status, payload = self.request("GET", "/view?" + query, timeout=120, raw=True)
+        if status != 200:
+            raise HostError(f"GET /view?{query}: HTTP {status}")
+        return payload
+
+
+def status_str(entry):
+    return entry.get("status", {}).get("status_str")
+
+
+def status_messages(entry):
+    """The event names in a history entry's status (execution_start, execution_error, ...)."""
+    return [kind for kind, _ in entry.get("status", {}).get("messages", [])]
+
+
+# -------------------------------------------------------------------------------------------- host
+
+_LIVE_HOSTS = set()
+_LIVE_LOCK = threading.Lock()
+_SIGNALS_INSTALLED = False
+
+
+def _stop_all_hosts():
+    with _LIVE_LOCK:
+        hosts = list(_LIVE_HOSTS)
+    for host in hosts:
+        host.stop()
+
+
+def _install_signal_handlers():
+    """Turn SIGTERM/SIGHUP into SystemExit so context managers and atexit stop servers (main thread only)."""
+    global _SIGNALS_INSTALLED
+    if _SIGNALS_INSTALLED or threading.current_thread() is not threading.main_thread():
+        return
+    _SIGNALS_INSTALLED = True
+
+    def handler(signum, frame):
+        _stop_all_hosts()
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, handler)
+
+
+atexit.register(_stop_all_hosts)
+
+
+def die_with_parent():
+    """preexec_fn: the server gets SIGKILL if the process that started it dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_comfyui_path():
+    return os.path.abspath(os.environ.get("COMFYUI_PATH") or DEFAULT_HOST_DIR)
+
+
+def default_python():
+    venv_python = os.path.join(REPO, ".venv", "bin", "python")
+    return venv_python if os.path.exists(venv_python) else sys.executable
+
+
+class ComfyHost:
+    """One ComfyUI server process with this pack linked in. See the module docstring."""
+
+    def __init__(self, comfyui_path=None, python=None, base_dir=None, port=None, log_path=None,
+                 pack_dir=REPO, pack_name=PACK_FOLDER_NAME, only_this_pack=True, cpu=True,
+                 extra_args=(), env=None, startup_timeout=180, frontend_settings=None):
+        self.comfyui_path = os.path.abspath(comfyui_path or default_comfyui_path())
+        if not os.path.isfile(os.path.join(self.comfyui_path, "main.py")):
+            raise HostError(f"no ComfyUI at {self.comfyui_path} (run scripts/bootstrap.sh, or set COMFYUI_PATH)")
+        self.python = python or default_python()
+        self._owns_base = base_dir is None
+        self.base_dir = os.path.abspath(base_dir or tempfile.mkdtemp(prefix="comfy-stepvideo-"))
+        self.models_dir = os.path.join(self.base_dir, "models")
+        self.input_dir = os.path.join(self.base_dir, "input")
+        self.output_dir = os.path.join(self.base_dir, "output")
+        self.user_dir = os.path.join(self.base_dir, "user")
+        self.custom_nodes_dir = os.path.join(self.base_dir, "custom_nodes")
+        self.pack_dir = os.path.abspath(pack_dir)
+        self.pack_name = pack_name
+        self.pack_link = os.path.join(self.custom_nodes_dir, pack_name)
+        self.requested_port = port
+        self.port = None
+        self.log_path = os.path.abspath(log_path or os.path.join(
+            ARTIFACTS, "comfy_host", time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}.log"))
+        self.only_this_pack = only_this_pack
+        self.cpu = cpu
+        self.extra_args = list(extra_args) + shlex.split(os.environ.get("COMFY_HOST_EXTRA_ARGS", ""))
+        self.env = env
+        self.startup_timeout = startup_timeout
+        self.proc = None
+        self.client = None
+        self.startup_seconds = None
+        self._log_file = None
+        self._prepare_dirs(frontend_settings)
+
+    # -- layout
+    def _prepare_dirs(self, frontend_settings):
+        for d in (self.models_dir, self.input_dir, self.output_dir, self.user_dir, self.custom_nodes_dir):
+            os.makedirs(d, exist_ok=True)
+        if os.path.islink(self.pack_link) or os.path.exists(self.pack_link):
+            if os.path.realpath(self.pack_link) != os.path.realpath(self.pack_dir):
+                if not os.path.islink(self.pack_link):
+                    raise HostError(f"{self.pack_link} exists and is not a link to {self.pack_dir}")
+                os.remove(self.pack_link)
+        if not os.path.islink(self.pack_link):
+            os.symlink(self.pack_dir, self.pack_link, target_is_directory=True)
+        if frontend_settings:
+            settings_path = os.path.join(self.user_dir, "default", "comfy.settings.json")
+            os.makedirs(os.path.dirname(settings_path), exist_ok=True)
+            current = {}
+            if os.path.exists(settings_path):
+                with open(settings_path, encoding="utf-8") as f:
+                    current = json.load(f)
+            current.update(frontend_settings)
+            with open(settings_path, "w", encoding="utf-8") as f:
+                json.dump(current, f, indent=1)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self):
+        cmd = [self.python, "-u", os.path.join(self.comfyui_path, "main.py"),
+               "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", self.base_dir,
+               "--database-url", "sqlite:///:memory:",
+               "--disable-api-nodes", "--disable-auto-launch", "--log-stdout"]
+        if self.cpu:
+            cmd.append("--cpu")
+        if self.only_this_pack:
+            cmd += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", self.pack_name]
+        return cmd + self.extra_args
+
+    # -- lifecycle
+    def start(self):
+        if self.proc is not None:
+            raise HostError("already started")
+        _install_signal_handlers()
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                    "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"})
+        for attempt in range(3):
+            self.port = self.requested_port or free_port()
+            self._log_file = open(self.log_path, "a", encoding="utf-8")
+            self._log_file.write(f"# {' '.join(shlex.quote(c) for c in self.command())}\n")
+            self._log_file.flush()
+            t0 = time.monotonic()
+            self.proc = subprocess.Popen(self.command(), cwd=self.comfyui_path, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=self._log_file, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=die_with_parent)
+            with _LIVE_LOCK:
+                _LIVE_HOSTS.add(self)
+            self.client = ComfyClient(self.url)
+            try:
+                self._wait_ready(t0)
+                self.startup_seconds = time.monotonic() - t0
+                return self
+            except HostError:
+                retry = ("address already in use" in self.log_tail(4000).lower()
+                         and self.requested_port is None and attempt < 2)
+                self.stop(remove_base=not retry)
+                if not retry:
+                    raise
+
+    def _wait_ready(self, t0):
+        while True:
+            if self.proc.poll() is not None:
+                raise HostError(f"ComfyUI exited with code {self.proc.returncode} while starting; "
+                                f"log {self.log_path}:\n{self.log_tail()}")
+            try:
+                self.client.system_stats(timeout=2)
+                return
+            except (OSError, HostError):
+                pass
+            if time.monotonic() - t0 > self.startup_timeout:
+                raise HostError(f"ComfyUI not ready after {self.startup_timeout} s; log {self.log_path}:\n"
+                                f"{self.log_tail()}")
+            time.sleep(0.25)
+
+    def stop(self, remove_base=True):
+        """Terminate the process group, kill it after 10 s; idempotent. Removes a throwaway base dir."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait)
+                    # the group may outlive its leader: make sure nothing in it survives
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+                break
+        with _LIVE_LOCK:
+            _LIVE_HOSTS.discard(self)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if remove_base and self._owns_base and os.path.isdir(self.base_dir):
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- log inspection
+    def log_text(self):
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, chars=6000):
+        return self.log_text()[-chars:]
+
+    def pack_import_report(self):
+        """What the server log says about importing the pack.
+
+        Returns {"listed": the pack appears in ComfyUI's "Import times for custom nodes" list,
+                 "failed": listed as (IMPORT FAILED),
+                 "error": the import traceback/message when the module raised or its entry point failed,
+                 "no_nodes": ComfyUI skipped it because it defines neither NODE_CLASS_MAPPINGS nor
+                             comfy_entrypoint (an empty pack also counts as IMPORT FAILED)}.
+        """
+        text = self.log_text()
+        lines = text.splitlines()
+        path_re = re.escape(os.path.join(self.custom_nodes_dir, self.pack_name)) + r"(?=$|[\s:])"
+        report = {"listed": False, "failed": False, "error": None, "no_nodes": False}
+        for i, line in enumerate(lines):
+            if not re.search(path_re, line):
+                continue
+            if re.search(r"^\s*[\d.]+ seconds", line):
+                report["listed"] = True
+                report["failed"] = report["failed"] or "(IMPORT FAILED)" in line
+            elif "due to the lack of NODE_CLASS_MAPPINGS" in line:
+                report["no_nodes"] = True
+            elif line.lstrip().startswith(("Cannot import", "Error while calling comfy_entrypoint")) or \
+                    re.search(r"comfy_entrypoint in .* (is not callable|did not return)", line):
+                start = i
+                while start > 0 and not lines[start].startswith("Traceback") and i - start < 200:
+                    start -= 1
+                block = lines[start:i + 1] if lines[start].startswith("Traceback") else [line]
+                report["error"] = "\n".join(block)
+        return report
+
+    def assert_pack_imported(self):
+        """Raise HostError when the log shows the pack's import raised (or the pack was never loaded)."""
+        report = self.pack_import_report()
+        if report["error"]:
+            raise HostError(f"{self.pack_name} failed to import:\n{report['error']}")
+        if not report["listed"]:
+            raise HostError(f"{self.pack_name} was not loaded at all (not in the import list); log "
+                            f"{self.log_path}:\n{self.log_tail()}")
+        if report["failed"] and not report["no_nodes"]:
+            raise HostError(f"{self.pack_name} is marked IMPORT FAILED; log {self.log_path}:\n{self.log_tail()}")
+        return report
+
+    def pack_nodes(self):
+        """{class_type: info} of the nodes /object_info attributes to this pack."""
+        module = f"custom_nodes.{self.pack_name}"
+        return {name: info for name, info in self.client.object_info().items()
+                if info.get("python_module") == module}
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+def _cli():
+    parser = argparse.ArgumentParser(description="Run ComfyUI with this pack (see module docstring).")
+    parser.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH or .host/ComfyUI)")
+    parser.add_argument("--python", help="interpreter for the server (default: .venv/bin/python)")
+    parser.add_argument("--base-dir", help="keep models/, input/, output/, user/ here instead of a temp dir")
+    parser.add_argument("--log", help="server log file")
+    parser.add_argument("--gpu", action="store_true", help="do not pass --cpu")
+    parser.add_argument("--all-custom-nodes", action="store_true", help="load every pack in custom_nodes/")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    serve = sub.add_parser("serve", help="run until Ctrl-C")
+    serve.add_argument("--port", type=int)
+    sub.add_parser("check", help="start, report the pack import and its nodes, stop")
+    run = sub.add_parser("run", help="queue an API-format prompt JSON and save its outputs")
+    run.add_argument("prompt")
+    run.add_argument("--out", default=os.path.join(ARTIFACTS, "comfy_host_run"))
+    run.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+
+    host = ComfyHost(comfyui_path=args.comfyui, python=args.python, base_dir=args.base_dir, log_path=args.log,
+                     port=getattr(args, "port", None), cpu=not args.gpu, only_this_pack=not args.all_custom_nodes)
+    print(f"starting ComfyUI from {host.comfyui_path}; log {host.log_path}", flush=True)
+    with host:
+        print(f"ready in {host.startup_seconds:.1f} s at {host.url} (base dir {host.base_dir})", flush=True)
+        report = host.pack_import_report()
+        if args.cmd == "check":
+            print(json.dumps(report, indent=1))
+            print("pack nodes:", ", ".join(sorted(host.pack_nodes())) or "(none)")
+            return 0 if not report["error"] and report["listed"] and not report["failed"] else 1
+        if args.cmd == "serve":
+            try:
+                while host.running:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            return 0
+        with open(args.prompt, encoding="utf-8") as f:
+            prompt = json.load(f)
+        t0 = time.monotonic()
+        entry = host.client.run_prompt(prompt, timeout=args.timeout)
+        os.makedirs(args.out, exist_ok=True)
+        for item in host.client.output_files(entry):
+            path = os.path.join(args.out, item["filename"])
+            with open(path, "wb") as f:
+                f.write(host.client.fetch_output(item))
+            print("wrote", path)
+        print(f"finished in {time.monotonic() - t0:.1f} s")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())
