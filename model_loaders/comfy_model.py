@@ -42,6 +42,7 @@ WEIGHT_DTYPES = {
     "fp8_e5m2": torch.float8_e5m2,
 }
 DEFAULT_MOTION_SCORE = 5.0
+CHUNK_OPTION = "stepvideo_chunk_tokens"  # transformer_options key set by the memory-options node
 
 
 class StepVideoLatentFormat(comfy.latent_formats.LatentFormat):
@@ -82,7 +83,8 @@ class ComfyStepVideoDiT(StepVideoDiT):
         velocity = super().forward(
             latents, timestep_from_sigma(sigma), context, clip_states, context_mask,
             condition_hidden_states=condition,
-            motion_score=DEFAULT_MOTION_SCORE if motion_score is None else float(motion_score))
+            motion_score=DEFAULT_MOTION_SCORE if motion_score is None else float(motion_score),
+            chunk_tokens=(transformer_options or {}).get(CHUNK_OPTION))
         return comfy_velocity(velocity).movedim(2, 1)
 
 

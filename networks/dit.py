@@ -229,7 +229,7 @@ class StepVideoDiT(nn.Module):
         return context, valid[:, None, None, :]
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_2=None,
-                encoder_attention_mask=None, condition_hidden_states=None, motion_score=5.0):
+                encoder_attention_mask=None, condition_hidden_states=None, motion_score=5.0, chunk_tokens=None):
         """Velocity prediction.
 
         hidden_states (B, F, C, H, W) noisy latents (their dtype is the compute dtype);
@@ -237,6 +237,7 @@ class StepVideoDiT(nn.Module):
         encoder_hidden_states (B, L1, D1) Step-LLM states; encoder_hidden_states_2 (B, L2, D2) CLIP
         states; encoder_attention_mask (B, L2 + L1) 0/1; TI2V only: condition_hidden_states
         (B, F, C, H, W) image-condition latents (zeros when None) and motion_score (float).
+        chunk_tokens overrides ``self.chunk_tokens`` for this call.
         Returns (B, F, C_out, H, W) in the compute dtype.
         """
         cfg = self.config
@@ -260,9 +261,9 @@ class StepVideoDiT(nn.Module):
                                                    encoder_attention_mask, dtype)
         rope_cos, rope_sin = rope_tables(rope_grid(frames, h, w, device=x.device), dtype)
 
+        chunk_tokens = chunk_tokens or self.chunk_tokens
         for block in self.transformer_blocks:
-            x = block(x, modulation, context, context_mask, rope_cos, rope_sin,
-                      self.attention_backend, self.chunk_tokens)
+            x = block(x, modulation, context, context_mask, rope_cos, rope_sin, self.attention_backend, chunk_tokens)
 
         shift, scale = (cast_to(self.scale_shift_table, x)[None] + embedded[:, None]).chunk(2, dim=1)
         x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
