@@ -1,0 +1,200 @@
+"""Prompts -> the DiT's text conditioning, as the official caption server computes it.
+
+For each prompt: Step-LLM (bf16) states (320, D_llm) with its token mask, and HunyuanCLIP (fp32, then
+cast to the Step-LLM dtype) states (77, D_clip). A batch becomes :class:`TextEmbeddings` with the DiT
+mask ``[77 ones ; Step-LLM mask]`` (B, 397). Prompt composition follows the official pipeline:
+positive = prompt + positive magic (plain concatenation), negative = the negative magic unless the
+user gives one (:func:`compose_prompts`).
+
+:class:`StepVideoTextEncoder` loads each encoder only when a prompt is not in its disk cache, and by
+default frees both right after encoding, so the 20B Step-LLM never sits in memory during sampling.
+"""
+
+import gc
+from dataclasses import dataclass
+
+import torch
+
+from ..networks.ops import CastOps
+from .errors import CheckpointError
+from .embedding_cache import EmbeddingCache, files_identity
+from .text_encoder_loader import (load_clip_tokenizer, load_hunyuan_clip, load_step_llm, load_step_tokenizer,
+                                  locate_clip_tokenizer, locate_step_tokenizer)
+
+# Official magic prompts (Step-Video-T2V and Step-Video-TI2V config.py defaults)
+T2V_POSITIVE_MAGIC = ("超高清、HDR 视频、环境光、杜比全景声、画面稳定、流畅动作、逼真的细节、专业级构图、超现实主义、自然、生动、"
+                      "超细节、清晰。")
+T2V_NEGATIVE_MAGIC = "画面暗、低分辨率、不良手、文本、缺少手指、多余的手指、裁剪、低质量、颗粒状、签名、水印、用户名、模糊。"
+TI2V_POSITIVE_MAGIC = ("画面中的主体动作表现生动自然、画面流畅、生动细节、光线统一柔和、超真实动态捕捉、大师级运镜、整体不变形、超高清、"
+                       "画面稳定、逼真的细节、专业级构图、超细节、清晰。")
+TI2V_NEGATIVE_MAGIC = ("动画、模糊、变形、毁容、低质量、拼贴、粒状、标志、抽象、插图、计算机生成、扭曲、动作不流畅、面部有褶皱、"
+                       "表情僵硬、畸形手指")
+MAGIC_PROMPTS = {"t2v": (T2V_POSITIVE_MAGIC, T2V_NEGATIVE_MAGIC), "ti2v": (TI2V_POSITIVE_MAGIC, TI2V_NEGATIVE_MAGIC)}
+
+STEP_LLM_MAX_LENGTH = 320
+CLIP_MAX_LENGTH = 77
+CACHE_FORMAT = 1
+CACHED_TENSORS = ("llm_states", "llm_mask", "clip_states")
+
+
+def compose_prompts(prompt, negative_prompt=None, variant="t2v", use_magic=True):
+    """[positive, negative] texts as the official pipeline builds them for ``variant`` ('t2v' or 'ti2v').
+
+    positive = prompt + positive magic; negative = ``negative_prompt`` if given, else the negative
+    magic. With ``use_magic=False`` the prompt is used as is and the default negative is empty.
+    """
+    if variant not in MAGIC_PROMPTS:
+        raise ValueError(f"unknown Step-Video variant {variant!r}; choose one of {', '.join(MAGIC_PROMPTS)}")
+    positive_magic, negative_magic = MAGIC_PROMPTS[variant] if use_magic else ("", "")
+    return [prompt + positive_magic, negative_magic if negative_prompt is None else negative_prompt]
+
+
+@dataclass
+class TextEmbeddings:
+    """Text conditioning of a batch of prompts, on the CPU.
+
+    llm_states (B, L_llm, D_llm) in the Step-LLM compute dtype (bf16 by default); clip_states
+    (B, L_clip, D_clip) in the same dtype; mask (B, L_clip + L_llm) int64 = L_clip ones then the
+    Step-LLM token mask (the DiT's ``encoder_attention_mask``).
+    """
+
+    llm_states: torch.Tensor
+    clip_states: torch.Tensor
+    mask: torch.Tensor
+
+    def dit_inputs(self):
+        """Keyword arguments of the DiT forward carrying this conditioning."""
+        return {"encoder_hidden_states": self.llm_states, "encoder_hidden_states_2": self.clip_states,
+                "encoder_attention_mask": self.mask}
+
+    def split(self):
+        """One TextEmbeddings (batch 1) per prompt, in order."""
+        return [TextEmbeddings(*(t[i:i + 1] for t in (self.llm_states, self.clip_states, self.mask)))
+                for i in range(self.mask.shape[0])]
+
+
+class StepVideoTextEncoder:
+    """Step-LLM + HunyuanCLIP with their tokenizers, loaded lazily, with an optional disk cache.
+
+    Args:
+        step_llm_path: official ``step_llm/`` folder, its index, or a single-file Step-LLM.
+        clip_path: official ``hunyuan_clip/`` (or ``clip_text_encoder/``) folder or a single-file HunyuanCLIP.
+        cache_dir: folder of the embedding cache (None: no cache). Entries are keyed by prompt text,
+            max lengths, dtypes and the identity (paths, sizes, modification times) of the encoder and
+            tokenizer files — not by the device, whose rounding differences are ignored.
+        device: where the encoders run ("cpu", "cuda", torch.device).
+        offload: keep the weights in CPU RAM and copy each layer to ``device`` as it runs (low VRAM).
+        llm_dtype / llm_weight_dtype: Step-LLM compute dtype (bf16, official) and matmul weight storage
+            (default llm_dtype; torch.float8_e4m3fn halves its memory). clip_dtype: HunyuanCLIP compute
+            dtype (fp32, official); its output is cast to llm_dtype.
+        keep_loaded: keep the encoders in memory between encode calls (default: free them after each).
+        step_tokenizer_path / clip_tokenizer_path: tokenizer locations when not next to / inside the weights.
+        llm_config: optional Step-LLM config dict (hub config.json names) for single files without one.
+        operations: layer classes for both encoders (default torch.nn, CastOps when offloading).
+    """
+
+    def __init__(self, step_llm_path, clip_path, cache_dir=None, device="cpu", offload=False,
+                 llm_dtype=torch.bfloat16, llm_weight_dtype=None, clip_dtype=torch.float32,
+                 llm_max_length=STEP_LLM_MAX_LENGTH, clip_max_length=CLIP_MAX_LENGTH, keep_loaded=False,
+                 step_tokenizer_path=None, clip_tokenizer_path=None, llm_config=None, operations=None):
+        self.step_llm_path, self.clip_path = step_llm_path, clip_path
+        self.step_tokenizer_path = step_tokenizer_path or step_llm_path
+        self.clip_tokenizer_path = clip_tokenizer_path or clip_path
+        self.cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
+        self.device = torch.device(device)
+        self.weights_device = torch.device("cpu") if offload else self.device
+        self.operations = operations if operations is not None else (CastOps if offload else None)
+        self.llm_dtype, self.llm_weight_dtype, self.clip_dtype = llm_dtype, llm_weight_dtype, clip_dtype
+        self.llm_max_length, self.clip_max_length = llm_max_length, clip_max_length
+        self.keep_loaded = keep_loaded
+        self.llm_config = llm_config
+        self.step_llm = self.clip = self.step_tokenizer = self.clip_tokenizer = None
+
+    # --- public -------------------------------------------------------------------------------------
+
+    def encode(self, prompts):
+        """prompts (str or list of str) -> TextEmbeddings (B = len(prompts)), from the cache when possible."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        unique = list(dict.fromkeys(prompts))
+        keys, entries = {}, {}
+        if self.cache is not None:
+            encoders = self._encoders_identity()
+            keys = {p: {"format": CACHE_FORMAT, "prompt": p, **encoders} for p in unique}
+            entries = {p: self.cache.load(keys[p], CACHED_TENSORS) for p in unique}
+        missing = [p for p in unique if entries.get(p) is None]
+        if missing:
+            fresh = self._run_encoders(missing)
+            entries.update(fresh)
+            for prompt, entry in fresh.items():
+                if self.cache is not None:
+                    self.cache.store(keys[prompt], entry)
+        llm_mask = torch.stack([entries[p]["llm_mask"] for p in prompts])
+        clip_states = torch.stack([entries[p]["clip_states"] for p in prompts])
+        clip_part = torch.ones(len(prompts), clip_states.shape[1], dtype=llm_mask.dtype)
+        return TextEmbeddings(llm_states=torch.stack([entries[p]["llm_states"] for p in prompts]),
+                              clip_states=clip_states, mask=torch.cat([clip_part, llm_mask], dim=1))
+
+    def unload(self):
+        """Free both encoders (tokenizers are kept; they are small)."""
+        self.step_llm = self.clip = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _encoders_identity(self):
+        """Everything besides the prompt that the cached tensors depend on (JSON-able)."""
+        return {
+            "step_llm": {"files": files_identity([self.step_llm_path, locate_step_tokenizer(self.step_tokenizer_path)]),
+                         "max_length": self.llm_max_length, "dtype": str(self.llm_dtype),
+                         "weight_dtype": str(self.llm_weight_dtype or self.llm_dtype), "config": self.llm_config},
+            "clip": {"files": files_identity([self.clip_path, locate_clip_tokenizer(self.clip_tokenizer_path)]),
+                     "max_length": self.clip_max_length, "dtype": str(self.clip_dtype)},
+        }
+
+    def _run_encoders(self, prompts):
+        """{prompt: {llm_states (L, D), llm_mask (L,), clip_states (Lc, Dc)}} computed by the encoders (CPU)."""
+        try:
+            llm_states, llm_mask = self._run_step_llm(prompts)
+            if not self.keep_loaded:
+                self.unload()  # before CLIP loads: the two never share memory
+            clip_states = self._run_clip(prompts).to(llm_states.dtype)
+        finally:
+            if not self.keep_loaded:
+                self.unload()
+        return {p: {"llm_states": llm_states[i], "llm_mask": llm_mask[i], "clip_states": clip_states[i]}
+                for i, p in enumerate(prompts)}
+
+    @torch.no_grad()
+    def _run_step_llm(self, prompts):
+        if self.step_tokenizer is None:
+            self.step_tokenizer = load_step_tokenizer(self.step_tokenizer_path)
+        if self.step_llm is None:
+            self.step_llm = load_step_llm(self.step_llm_path, dtype=self.llm_dtype, device=self.weights_device,
+                                          config=self.llm_config, operations=self.operations,
+                                          weight_dtype=self.llm_weight_dtype)
+        ids, mask = self.step_tokenizer(prompts, max_length=self.llm_max_length)
+        _check_vocabulary(ids, self.step_llm.config.vocab_size, self.step_tokenizer, self.step_llm_path)
+        return self.step_llm(ids.to(self.device)).cpu(), mask
+
+    @torch.no_grad()
+    def _run_clip(self, prompts):
+        if self.clip_tokenizer is None:
+            self.clip_tokenizer = load_clip_tokenizer(self.clip_tokenizer_path)
+        if self.clip is None:
+            self.clip = load_hunyuan_clip(self.clip_path, dtype=self.clip_dtype, device=self.weights_device,
+                                          operations=self.operations)
+        ids, mask = self.clip_tokenizer(prompts, max_length=self.clip_max_length)
+        _check_vocabulary(ids, self.clip.config.vocab_size, self.clip_tokenizer, self.clip_path)
+        return self.clip(ids.to(self.device), mask.to(self.device)).cpu()
+
+
+def _check_vocabulary(ids, vocab_size, tokenizer, weights_path):
+    """CheckpointError if ``tokenizer`` produced ids the encoder has no embedding for (a mismatched pair;
+    on a GPU it would otherwise end in a device-side assert)."""
+    largest = int(ids.max())
+    if largest >= vocab_size:
+        raise CheckpointError(f"the tokenizer {tokenizer.source} produced token id {largest}, but the text encoder "
+                              f"{weights_path} has only {vocab_size} token embeddings: the tokenizer and the weights "
+                              "do not belong together.")
