@@ -25,7 +25,8 @@ def files_identity(paths):
     """[path, size, mtime_ns] of every file under ``paths`` (files or folders, None skipped), sorted.
 
     Identifies encoder weights and tokenizers by what the file system says about them, without reading
-    them: a replaced or re-downloaded file changes its size or modification time.
+    them: a replaced or re-downloaded file changes its size or modification time. Hidden files and
+    folders (download-tool bookkeeping such as ``.cache/``) are left out.
     """
     found = set()
     for path in paths:
@@ -33,7 +34,9 @@ def files_identity(paths):
             continue
         path = os.path.abspath(os.fspath(path))
         if os.path.isdir(path):
-            found.update(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+            for root, folders, names in os.walk(path):
+                folders[:] = [f for f in folders if not f.startswith(".")]
+                found.update(os.path.join(root, name) for name in names if not name.startswith("."))
         elif os.path.exists(path):
             found.add(path)
     identity = []

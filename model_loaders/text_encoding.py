@@ -136,6 +136,8 @@ class StepVideoTextEncoder:
 
     def unload(self):
         """Free both encoders (tokenizers are kept; they are small)."""
+        if self.step_llm is None and self.clip is None:
+            return
         self.step_llm = self.clip = None
         gc.collect()
         if torch.cuda.is_available():

@@ -82,6 +82,13 @@ def test_keep_loaded_keeps_both_encoders(model_root):
     assert encoder.step_llm is None and encoder.clip is None
 
 
+def test_offloaded_weights_give_the_same_embeddings(model_root):
+    reference = make_encoder(model_root).encode(PROMPTS[:2])
+    offloaded = make_encoder(model_root, offload=True)  # weights stay on the CPU, layers cast as they run
+    out = offloaded.encode(PROMPTS[:2])
+    assert torch.equal(out.llm_states, reference.llm_states) and torch.equal(out.clip_states, reference.clip_states)
+
+
 def test_second_encoder_reads_the_cache_without_loading_anything(model_root, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     positive, negative = compose_prompts("一只熊猫 a panda")
@@ -132,6 +139,10 @@ def test_cache_key_follows_lengths_and_encoder_files(model_root, tmp_path):
     shard = model_root / "step_llm" / "model-00001-of-00002.safetensors"
     stat = os.stat(shard)
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a re-downloaded file
+    make_encoder(model_root, cache_dir=str(cache_dir)).encode(["a cat"])
+    assert len(os.listdir(cache_dir)) == 3
+    (model_root / "step_llm" / ".cache").mkdir()
+    (model_root / "step_llm" / ".cache" / "download.lock").write_text("bookkeeping")
     make_encoder(model_root, cache_dir=str(cache_dir)).encode(["a cat"])
     assert len(os.listdir(cache_dir)) == 3
 
