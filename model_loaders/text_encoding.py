@@ -115,6 +115,8 @@ class StepVideoTextEncoder:
     def encode(self, prompts):
         """prompts (str or list of str) -> TextEmbeddings (B = len(prompts)), from the cache when possible."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts to encode (an empty prompt is the string '', not an empty list)")
         unique = list(dict.fromkeys(prompts))
         keys, entries = {}, {}
         if self.cache is not None:
