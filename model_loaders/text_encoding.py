@@ -3,8 +3,8 @@
 For each prompt: Step-LLM (bf16) states (320, D_llm) with its token mask, and HunyuanCLIP (fp32, then
 cast to the Step-LLM dtype) states (77, D_clip). A batch becomes :class:`TextEmbeddings` with the DiT
 mask ``[77 ones ; Step-LLM mask]`` (B, 397). Prompt composition follows the official pipeline:
-positive = prompt + positive magic (plain concatenation), negative = the negative magic unless the
-user gives one (:func:`compose_prompts`).
+positive = prompt + positive magic (plain concatenation), negative = the user's negative prompt (empty
+by default) + negative magic (:func:`compose_prompts`).
 
 :class:`StepVideoTextEncoder` loads each encoder only when a prompt is not in its disk cache, and by
 default frees both right after encoding, so the 20B Step-LLM never sits in memory during sampling.
@@ -37,16 +37,17 @@ CACHE_FORMAT = 1
 CACHED_TENSORS = ("llm_states", "llm_mask", "clip_states")
 
 
-def compose_prompts(prompt, negative_prompt=None, variant="t2v", use_magic=True):
-    """[positive, negative] texts as the official pipeline builds them for ``variant`` ('t2v' or 'ti2v').
+def compose_prompts(prompt, negative_prompt="", variant="t2v", use_magic=True):
+    """[positive, negative] texts with the official magic suffixes of ``variant`` ('t2v' or 'ti2v') appended.
 
-    positive = prompt + positive magic; negative = ``negative_prompt`` if given, else the negative
-    magic. With ``use_magic=False`` the prompt is used as is and the default negative is empty.
+    positive = prompt + positive magic; negative = negative_prompt + negative magic, so an empty
+    negative prompt gives exactly the official negative (the negative magic alone). With
+    ``use_magic=False`` both texts are used as they are.
     """
     if variant not in MAGIC_PROMPTS:
         raise ValueError(f"unknown Step-Video variant {variant!r}; choose one of {', '.join(MAGIC_PROMPTS)}")
     positive_magic, negative_magic = MAGIC_PROMPTS[variant] if use_magic else ("", "")
-    return [prompt + positive_magic, negative_magic if negative_prompt is None else negative_prompt]
+    return [prompt + positive_magic, (negative_prompt or "") + negative_magic]
 
 
 @dataclass

@@ -170,7 +170,8 @@ def test_mismatched_tokenizer_and_weights_are_named(model_root, tmp_path):
 def test_prompt_composition_uses_the_official_magic():
     assert compose_prompts("一只猫") == ["一只猫" + T2V_POSITIVE_MAGIC, T2V_NEGATIVE_MAGIC]
     assert compose_prompts("cat", variant="ti2v") == ["cat" + TI2V_POSITIVE_MAGIC, TI2V_NEGATIVE_MAGIC]
-    assert compose_prompts("cat", negative_prompt="blurry") == ["cat" + T2V_POSITIVE_MAGIC, "blurry"]
+    assert compose_prompts("cat", negative_prompt="blurry") == ["cat" + T2V_POSITIVE_MAGIC, "blurry" + T2V_NEGATIVE_MAGIC]
+    assert compose_prompts("cat", negative_prompt="blurry", use_magic=False) == ["cat", "blurry"]
     assert compose_prompts("cat", use_magic=False) == ["cat", ""]
     assert T2V_POSITIVE_MAGIC.startswith("超高清、HDR 视频") and T2V_NEGATIVE_MAGIC.endswith("用户名、模糊。")
     assert TI2V_NEGATIVE_MAGIC.endswith("畸形手指")
