@@ -73,22 +73,17 @@ def dit_runner(folder, manifest):
 
 
 def sample_official_loop(model, inputs):
-    """The fixture's 'sample' op: Euler + CFG over the DiT, batch [cond, uncond]."""
-    from stepvideo_pack.samplers.flow_euler import cfg_combine, sample_flow_euler
-    from stepvideo_pack.samplers.flow_schedule import comfy_velocity, noise_levels, timestep_from_sigma
+    """The fixture's 'sample' op: Euler + CFG over the DiT, text rows [cond, uncond]."""
+    from stepvideo_pack.model_loaders.text_encoding import TextEmbeddings
+    from stepvideo_pack.samplers.flow_euler import sample_flow_euler
+    from stepvideo_pack.samplers.flow_schedule import noise_levels
+    from stepvideo_pack.samplers.pipeline import dit_velocity, to_comfy, to_official
 
-    noise = inputs["noise"]
-
-    def velocity(x, sigma):
-        batch = torch.cat([x, x]).to(noise.dtype)
-        t = torch.full((2,), timestep_from_sigma(sigma))
-        with torch.no_grad():
-            v = model(batch, t, inputs["encoder_hidden_states"], inputs["encoder_hidden_states_2"],
-                      inputs["encoder_attention_mask"])
-        cond, uncond = v.float().chunk(2)
-        return comfy_velocity(cfg_combine(cond, uncond, inputs["guidance"]))
-
-    return sample_flow_euler(velocity, noise, noise_levels(inputs["steps"], inputs["shift"]))
+    cond, uncond = TextEmbeddings(inputs["encoder_hidden_states"], inputs["encoder_hidden_states_2"],
+                                  inputs["encoder_attention_mask"]).split()
+    velocity = dit_velocity(model, cond, uncond, inputs["guidance"], dtype=inputs["noise"].dtype)
+    out = sample_flow_euler(velocity, to_comfy(inputs["noise"]), noise_levels(inputs["steps"], inputs["shift"]))
+    return to_official(out)
 
 
 def scheduler_runner(folder, manifest):

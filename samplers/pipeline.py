@@ -1,0 +1,67 @@
+"""Text-to-latent sampling with our DiT outside ComfyUI (parity checks, training evaluation, tests).
+
+Latents use ComfyUI's layout (B, C, T, h, w) like the modes in ``samplers.modes``; the DiT and the
+VAE use the official (B, T, C, h, w), converted here. Noise is ``torch.randn`` from a CPU generator
+seeded with ``seed``, the same noise ComfyUI's samplers draw for a batch.
+"""
+
+import torch
+
+from .flow_euler import cfg_combine, sample_flow_euler
+from .flow_schedule import DEFAULT_SHIFT, comfy_velocity, partial_noise_levels, timestep_from_sigma
+
+
+def to_official(latent):
+    """(B, C, T, h, w) -> (B, T, C, h, w)."""
+    return latent.movedim(1, 2)
+
+
+def to_comfy(latent):
+    """(B, T, C, h, w) -> (B, C, T, h, w)."""
+    return latent.movedim(2, 1)
+
+
+def dit_velocity(dit, cond, uncond=None, guidance=1.0, condition=None, motion_score=5.0, dtype=None):
+    """velocity(x, sigma) for ``sample_flow_euler``: the DiT on [cond, uncond] with CFG, ComfyUI convention.
+
+    cond/uncond: TextEmbeddings (batch 1 or the latent batch). condition: TI2V image-condition latents
+    (B, C, T, h, w) or None. dtype: compute dtype (default: the dtype of the DiT's output layer weights).
+    """
+    dtype = dtype or dit.proj_out.weight.dtype
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        dtype = torch.bfloat16
+    use_cfg = uncond is not None and guidance != 1.0
+
+    def text_batch(batch):
+        parts = [cond, uncond] if use_cfg else [cond]
+        tensors = {}
+        for key in ("encoder_hidden_states", "encoder_hidden_states_2", "encoder_attention_mask"):
+            pieces = [p.dit_inputs()[key].expand(batch, *p.dit_inputs()[key].shape[1:]) for p in parts]
+            tensors[key] = torch.cat(pieces).to(dtype)
+        return tensors
+
+    def velocity(x, sigma):
+        batch = x.shape[0]
+        copies = 2 if use_cfg else 1
+        latents = to_official(x).repeat(copies, 1, 1, 1, 1).to(dtype)
+        t = torch.full((batch * copies,), timestep_from_sigma(sigma))
+        extra = {}
+        if condition is not None:
+            extra = {"condition_hidden_states": to_official(condition).repeat(copies, 1, 1, 1, 1).to(dtype),
+                     "motion_score": motion_score}
+        with torch.no_grad():
+            v = dit(latents, t, **text_batch(batch), **extra).float()
+        if use_cfg:
+            v = cfg_combine(*v.chunk(2), guidance)
+        return comfy_velocity(to_comfy(v))
+
+    return velocity
+
+
+def sample(dit, cond, uncond, latent, seed=0, steps=30, guidance=9.0, shift=DEFAULT_SHIFT, denoise=1.0, mask=None,
+           condition=None, motion_score=5.0, callback=None):
+    """Sample a (B, C, T, h, w) latent with the official Euler loop; ``latent`` is the start (zeros for T2V)."""
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    velocity = dit_velocity(dit, cond, uncond, guidance, condition, motion_score)
+    return sample_flow_euler(velocity, noise, partial_noise_levels(steps, shift, denoise), latent=latent, mask=mask,
+                             callback=callback)
