@@ -10,6 +10,7 @@ suite load them through the same loaders as real weights; they prove plumbing, n
 
 import argparse
 import os
+import shutil
 import sys
 
 import torch
@@ -21,9 +22,16 @@ import_pack()
 
 from stepvideo_pack.model_loaders import official_layout  # noqa: E402
 from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
+from stepvideo_pack.networks.step_llm import StepLLM, StepLLMConfig  # noqa: E402
 
+PARITY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "parity")
+STEP_TOKENIZER = os.path.join(PARITY, "step_tokenizer", official_layout.STEP_TOKENIZER_FILE)  # 1000 pieces
+TINY_CLIP = os.path.join(PARITY, "hunyuan_clip_tiny")  # BERT 64 wide, vocab 801, with its tokenizer
+
+TINY_LLM = StepLLMConfig(hidden_size=256, num_layers=2, num_heads=2, num_groups=1, ffn_width=512, vocab_size=1024)
+TINY_CLIP_WIDTH = 64
 TINY_DIT = DiTConfig(num_heads=2, head_dim=128, in_channels=64, out_channels=64, num_layers=2,
-                     caption_channels=(64, 32), ff_inner_dim=512)
+                     caption_channels=(TINY_LLM.hidden_size, TINY_CLIP_WIDTH), ff_inner_dim=512)
 
 
 def randomize_(module, seed, std=0.02):
@@ -46,12 +54,35 @@ def write_transformer(root, config=TINY_DIT, seed=0, shards=2):
     return official_layout.save_transformer(model.state_dict(), root, config, shards=shards)
 
 
+def write_step_llm(root, config=TINY_LLM, seed=1):
+    """step_llm/ with shards, index, hub config.json and the tiny fixture tokenizer."""
+    model = randomize_(StepLLM(config), seed).to(torch.bfloat16)
+    hub = {"hidden_size": config.hidden_size, "num_layers": config.num_layers, "num_attention_heads": config.num_heads,
+           "num_attention_groups": config.num_groups, "kv_channels": config.hidden_size // config.num_heads,
+           "ffn_hidden_size": config.ffn_width, "padded_vocab_size": config.vocab_size,
+           "orig_vocab_size": config.vocab_size, "layernorm_epsilon": config.eps}
+    folder = official_layout.save_sharded(model.state_dict(), os.path.join(root, official_layout.STEP_LLM_DIR),
+                                          "model", shards=2, config=hub)
+    shutil.copy(STEP_TOKENIZER, folder)
+    return folder
+
+
+def write_hunyuan_clip(root):
+    """hunyuan_clip/ = the tiny BERT of the parity fixtures (clip_text_encoder/ + tokenizer/)."""
+    folder = os.path.join(root, official_layout.CLIP_DIR)
+    for part in ("clip_text_encoder", "tokenizer"):
+        shutil.copytree(os.path.join(TINY_CLIP, part), os.path.join(folder, part), dirs_exist_ok=True)
+    return folder
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     write_transformer(args.out_dir, seed=args.seed)
+    write_step_llm(args.out_dir, seed=args.seed + 1)
+    write_hunyuan_clip(args.out_dir)
     print(f"tiny Step-Video checkpoints written to {args.out_dir}")
 
 
