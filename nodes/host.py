@@ -1,6 +1,10 @@
 """What the nodes need from the ComfyUI host: model folders, progress bars and interruption."""
 
+import json
 import os
+
+import torch
+from safetensors.torch import save_file
 
 import comfy.model_management
 import comfy.utils
@@ -52,3 +56,24 @@ class Progress:
     def __call__(self, done, total=None, preview=None):
         check_interrupt()
         self.bar.update_absolute(done, total or self.total, preview)
+
+
+class LatentCheckpoint:
+    """Saves a LATENT tensor as output/StepVideo/<name>_NNNNN_.latent (ComfyUI's SaveLatent format,
+    loadable with LoadLatent once moved to input/), overwriting the same file on every save."""
+
+    def __init__(self, name, prompt=None, extra_pnginfo=None):
+        folder, filename, counter, _, _ = folder_paths.get_save_image_path(
+            f"StepVideo/{name}", folder_paths.get_output_directory())
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, f"{filename}_{counter:05}_.latent")
+        self.metadata = {}
+        if prompt is not None:
+            self.metadata["prompt"] = json.dumps(prompt)
+        for key, value in (extra_pnginfo or {}).items():
+            self.metadata[key] = json.dumps(value)
+
+    def save(self, samples):
+        tensors = {"latent_tensor": samples.detach().cpu().contiguous(), "latent_format_version_0": torch.tensor([])}
+        save_file(tensors, self.path + ".tmp", metadata=self.metadata)
+        os.replace(self.path + ".tmp", self.path)

@@ -1,5 +1,7 @@
 """Sampling nodes: the official Euler flow-matching sampler, its schedule, and empty latents."""
 
+import logging
+
 import torch
 
 import comfy.model_management
@@ -9,8 +11,12 @@ import latent_preview
 
 from ..samplers.flow_euler import sample_flow_euler
 from ..samplers.flow_schedule import DEFAULT_SHIFT, partial_noise_levels
-from ..samplers.video_geometry import latent_frames, snap_frames, snap_size, snapping_note
-from .host import CATEGORY, check_interrupt
+from ..samplers.modes import extension_window, long_video_plan
+from ..samplers.video_geometry import (FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, latent_frames, snap_frames, snap_size,
+                                      snapping_note)
+from .host import CATEGORY, LatentCheckpoint, Progress, check_interrupt
+
+log = logging.getLogger(__name__)
 
 
 class OfficialEulerSampler(comfy.samplers.Sampler):
@@ -39,8 +45,11 @@ class OfficialEulerSampler(comfy.samplers.Sampler):
                                  callback=on_step)
 
 
-def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise):
-    """LATENT dict -> sampled LATENT dict, with ComfyUI noise (CPU generator, same as KSampler)."""
+def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise, callback=None):
+    """LATENT dict -> sampled LATENT dict, with ComfyUI noise (CPU generator, same as KSampler).
+
+    callback(step, x0, x, total_steps) replaces the default per-run progress bar and previews.
+    """
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     sigmas = partial_noise_levels(steps, shift, denoise)
     if len(sigmas) == 0:
@@ -49,7 +58,7 @@ def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, sh
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+    callback = callback or latent_preview.prepare_callback(model, len(sigmas) - 1)
     out = guider.sample(noise, samples, OfficialEulerSampler(), sigmas, denoise_mask=latent.get("noise_mask"),
                         callback=callback, seed=seed)
     return {**latent, "samples": out.to(comfy.model_management.intermediate_device())}
@@ -131,3 +140,70 @@ class StepVideoEmptyLatent:
     def generate(self, width, height, frames, batch_size):
         shape = (batch_size, 64, latent_frames(snap_frames(frames)), snap_size(height) // 16, snap_size(width) // 16)
         return ({"samples": torch.zeros(shape, device=comfy.model_management.intermediate_device())},)
+
+
+class StepVideoLongVideo:
+    DISPLAY_NAME = "StepVideo Long Video"
+    DESCRIPTION = ("Generates a video of any length by chaining forward extensions: each window keeps "
+                   "overlap_chunks known 17-frame chunks of what exists and samples the rest, so memory is bounded "
+                   "by one window. One progress bar covers the whole run. The finished part is saved after every "
+                   "window (output/StepVideo/long_video_*.latent, loadable with LoadLatent) — an interrupt or a "
+                   "crash keeps it.")
+    CATEGORY = CATEGORY + "/modes"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+                "width": ("INT", {"default": 992, "min": 16, "max": 4096, "step": 16}),
+                "height": ("INT", {"default": 544, "min": 16, "max": 4096, "step": 16}),
+                "total_frames": ("INT", {"default": 408, "min": 17, "max": 17 * 1000,
+                                         "tooltip": "Length of the result, snapped down to a multiple of 17."}),
+                "window_frames": ("INT", {"default": 204, "min": 34, "max": 17 * 60,
+                                          "tooltip": "Frames sampled at once (memory scales with this)."}),
+                "overlap_chunks": ("INT", {"default": 1, "min": 1, "max": 11,
+                                           "tooltip": "Known 17-frame chunks carried into each next window."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Window i uses seed + i."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 500}),
+                "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.1}),
+                "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1}),
+            },
+            "optional": {"start_clip": ("LATENT", {"tooltip": "Continue this clip instead of starting fresh."})},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def generate(self, model, positive, negative, width, height, total_frames, window_frames, overlap_chunks, seed,
+                 steps, cfg, shift, start_clip=None, prompt=None, extra_pnginfo=None):
+        plan = long_video_plan(snap_frames(total_frames) // FRAMES_PER_CHUNK,
+                               max(2, snap_frames(window_frames) // FRAMES_PER_CHUNK), overlap_chunks,
+                               None if start_clip is None else start_clip["samples"].shape[2] // LATENTS_PER_CHUNK)
+        bar = Progress(len(plan) * steps)
+        saver = LatentCheckpoint("long_video", prompt, extra_pnginfo)
+        current = None if start_clip is None else start_clip["samples"]
+        try:
+            for index, new_chunks in enumerate(plan):
+                done = index * steps
+                on_step = lambda step, x0, x, total, done=done: bar(done + step + 1)  # noqa: E731
+                if current is None:
+                    shape = (1, 64, new_chunks * LATENTS_PER_CHUNK, snap_size(height) // 16, snap_size(width) // 16)
+                    latent = {"samples": torch.zeros(shape)}
+                    current = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg,
+                                                   shift, 1.0, on_step)["samples"]
+                else:
+                    window = extension_window(current, new_chunks, min(overlap_chunks, current.shape[2] // 3))
+                    latent = {"samples": window.samples, "noise_mask": window.mask}
+                    sampled = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg,
+                                                   shift, 1.0, on_step)["samples"]
+                    current = window.join(sampled.to(window.samples.device))
+                saver.save(current)
+        except comfy.model_management.InterruptProcessingException:
+            if current is not None:
+                log.warning("StepVideo Long Video interrupted; the finished %d latent frames are in %s",
+                            current.shape[2], saver.path)
+            raise
+        return ({"samples": current.to(comfy.model_management.intermediate_device())},)
+

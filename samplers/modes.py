@@ -137,6 +137,22 @@ def keyframe_window(first_latent, last_latent, chunks):
     return Window(samples, frame_mask(samples, [0, frames - 1]), empty, empty, slice(0, frames))
 
 
+def long_video_plan(total_chunks, window_chunks, overlap_chunks, start_chunks=None):
+    """New chunks sampled by each window: the first window (unless a start clip is given) then extensions."""
+    if overlap_chunks >= window_chunks:
+        raise ValueError(f"overlap_chunks ({overlap_chunks}) must be smaller than the window "
+                         f"({window_chunks} chunks)")
+    plan, have = [], start_chunks or 0
+    if not start_chunks:
+        plan.append(min(window_chunks, total_chunks))
+        have = plan[0]
+    while have < total_chunks:
+        step = min(window_chunks - overlap_chunks, total_chunks - have)
+        plan.append(step)
+        have += step
+    return plan
+
+
 def inverse_shift(sigma, shift=DEFAULT_SHIFT):
     """The unshifted time s whose shifted noise level shift*s/(1+(shift-1)s) equals ``sigma``."""
     return sigma / (shift - (shift - 1) * sigma)

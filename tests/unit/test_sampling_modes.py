@@ -176,3 +176,33 @@ def test_geometry_follows_the_official_snapping():
     assert [pixel_frames(t) for t in (1, 3, 6, 36, 4, 7)] == [1, 17, 34, 204, 18, 35]
     assert [snap_size(s) for s in (15, 16, 544, 999)] == [16, 16, 544, 992]
     assert float(shifted(torch.tensor(0.5), 13.0)) == pytest.approx(13 * 0.5 / (1 + 12 * 0.5))
+
+
+def test_long_video_plan_covers_the_length_with_bounded_windows():
+    from stepvideo_pack.samplers.modes import long_video_plan
+    assert long_video_plan(12, 4, 1) == [4, 3, 3, 2]        # 4 + 3 + 3 + 2 = 12 chunks, windows <= 4 chunks
+    assert long_video_plan(3, 4, 1) == [3]
+    assert long_video_plan(10, 4, 2, start_chunks=2) == [2, 2, 2, 2]  # each window = 2 known + 2 new
+    with pytest.raises(ValueError, match="smaller than the window"):
+        long_video_plan(10, 2, 2)
+
+
+def test_chained_extensions_keep_every_earlier_latent():
+    from stepvideo_pack.samplers.modes import long_video_plan
+    target = video(40, (1, 4, 30, 2, 3))
+    current = None
+    for index, new in enumerate(long_video_plan(10, 4, 1)):
+        if current is None:
+            current = sample_flow_euler(oracle(target[:, :, :3 * new]), video(41, (1, 4, 3 * new, 2, 3)),
+                                        noise_levels(3))
+            continue
+        before = current.clone()
+        window = extension_window(current, new, 1)
+        start = current.shape[2] - 3
+        goal = target[:, :, start:start + window.samples.shape[2]]
+        sampled = sample_flow_euler(oracle(goal), video(42 + index, window.samples.shape), noise_levels(3),
+                                    latent=window.samples, mask=window.mask)
+        current = window.join(sampled)
+        assert torch.equal(current[:, :, :before.shape[2]], before)
+    assert current.shape[2] == 30
+    torch.testing.assert_close(current, target, rtol=0, atol=1e-4)
