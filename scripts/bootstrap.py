@@ -239,7 +239,7 @@ def wanted_requirements(host):
             raise BootstrapError(f"missing {path}")
         kept = [l for l in requirement_lines(path) if requirement_name(l) not in SKIPPED_HOST_REQUIREMENTS]
         lines += kept
-        sources.append(path + "\n" + "\n".join(kept))
+        sources.append("\n".join(kept))  # content only: two hosts with the same requirements share a venv
     return lines, "\n".join(sources)
 
 

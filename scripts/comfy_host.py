@@ -276,6 +276,43 @@ def die_with_parent():
         pass
 
 
+_REAPER_SOURCE = """import os, signal, sys
+sys.stdin.buffer.read()  # returns when the pipe's only writer (the starting process) closes it or dies
+try:
+    os.killpg(int(sys.argv[1]), signal.SIGKILL)
+except OSError:
+    pass
+"""
+
+
+class GroupReaper:
+    """Kill a process group when this process dies, however it dies (SIGKILL included), or on fire().
+
+    A tiny watcher process in its own session blocks on a pipe whose write end only this process holds
+    (non-inheritable, so children never keep it open); when it closes, the watcher kills the group.
+    This also catches grandchildren a parent-death signal would miss (Chromium under ChromeDriver,
+    an ffmpeg under the server)."""
+
+    def __init__(self, pgid):
+        read_end, self._write_end = os.pipe()
+        try:
+            self._watcher = subprocess.Popen([sys.executable, "-c", _REAPER_SOURCE, str(pgid)], stdin=read_end,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             start_new_session=True)
+        finally:
+            os.close(read_end)
+
+    def fire(self):
+        """Kill the group now (idempotent)."""
+        if self._write_end is not None:
+            os.close(self._write_end)
+            self._write_end = None
+            try:
+                self._watcher.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._watcher.kill()
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -324,6 +361,7 @@ class ComfyHost:
         self.client = None
         self.startup_seconds = None
         self._log_file = None
+        self._reaper = None
         self._prepare_dirs(frontend_settings)
 
     # -- layout
@@ -382,6 +420,7 @@ class ComfyHost:
             self.proc = subprocess.Popen(self.command(), cwd=self.comfyui_path, env=env, stdin=subprocess.DEVNULL,
                                          stdout=self._log_file, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=die_with_parent)
+            self._reaper = GroupReaper(self.proc.pid)
             with _LIVE_LOCK:
                 _LIVE_HOSTS.add(self)
             self.client = ComfyClient(self.url)
@@ -429,6 +468,9 @@ class ComfyHost:
                 except subprocess.TimeoutExpired:
                     continue
                 break
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.fire()
         with _LIVE_LOCK:
             _LIVE_HOSTS.discard(self)
         if self._log_file is not None:

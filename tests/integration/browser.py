@@ -4,8 +4,11 @@
         page.drop_json(workflow_ui)                        # a real `drop` DragEvent carrying a File
         page.wait_for_node_types({"EmptyImage", "SaveImage"})
         graph = page.graph()                               # app.graph.serialize(): UI format
-        prompt_id = page.queue_and_wait_id(client)         # app.queuePrompt(0, 1) in the page
+        page.set_widget(1, "width", 80)                    # a user edit (runs the widget callback)
+        page.fix_seed_controls()                           # 'control after generate' -> fixed
+        entry = page.run_from_page(client)                 # app.queuePrompt(0, 1), then /history entry
         page.screenshot("name")                            # -> artifacts_dir/name.png
+        page.drop_file("clip.mp4", mp4_bytes, "video/mp4") # a video carrying its workflow/prompt
 
 Chromium runs with the flags this machine needs (no sandbox as root, no background networking: the
 network is closed) and a fresh --user-data-dir. ChromeDriver and Chromium live in their own process group,
@@ -24,7 +27,7 @@ from selenium import webdriver
 from selenium.common.exceptions import JavascriptException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 
-from comfy_host import die_with_parent
+from comfy_host import GroupReaper, die_with_parent
 
 CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BINARY", "/usr/bin/chromedriver")
@@ -78,6 +81,8 @@ class ComfyBrowser:
         self.user_data_dir = None
         self.ready_seconds = None
         self.used = False  # set by fixtures: reload before the next test
+        self.console_entries = []
+        self._reaper = None
 
     # -- lifecycle
     def start(self):
@@ -97,6 +102,7 @@ class ComfyBrowser:
                                popen_kw={"start_new_session": True, "preexec_fn": die_with_parent})
         try:
             self.driver = webdriver.Chrome(service=self.service, options=options)
+            self._reaper = GroupReaper(self.service.process.pid)  # Chromium runs in ChromeDriver's group
             self.driver.set_script_timeout(120)
             self.open()
         except BaseException:
@@ -120,6 +126,13 @@ class ComfyBrowser:
 
     def close(self):
         """Quit Chromium and ChromeDriver; kill their process group in any case; idempotent."""
+        if self.driver is not None:
+            self.console_log()
+            try:
+                with open(os.path.join(self.artifacts_dir, "console.json"), "w", encoding="utf-8") as f:
+                    json.dump(self.console_entries, f, indent=1)
+            except OSError:
+                pass
         driver, self.driver = self.driver, None
         if driver is not None:
             try:
@@ -137,6 +150,9 @@ class ComfyBrowser:
                 process.wait(timeout=10)
             except Exception:
                 pass
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.fire()
         if self.user_data_dir:
             shutil.rmtree(self.user_data_dir, ignore_errors=True)
             self.user_data_dir = None
@@ -235,6 +251,37 @@ class ComfyBrowser:
         self.screenshot("timeout-queue")
         raise BrowserError(f"no prompt reached the server within {timeout} s of app.queuePrompt")
 
+    def run_from_page(self, client, timeout=120):
+        """Queue from the page and wait for the run; returns the /history entry (any status)."""
+        prompt_id = self.queue_and_wait_id(client)
+        return client.wait_for_history(prompt_id, timeout=timeout)
+
+    def set_widget(self, node_id, name, value):
+        """Set a widget of a node in the page's graph, as a user edit would (runs the widget callback)."""
+        error = self.js("""
+            const [id, name, value] = arguments;
+            const node = window.app.graph.getNodeById(id);
+            if (!node) return 'no node ' + id;
+            const w = (node.widgets || []).find(w => w.name === name);
+            if (!w) return 'node ' + id + ' has no widget ' + name + ': ' + (node.widgets || []).map(w => w.name);
+            w.value = value;
+            if (w.callback) w.callback(value, window.app.canvas, node);
+            window.app.graph.setDirtyCanvas(true, true);
+            return null;""", node_id, name, value)
+        if error:
+            raise BrowserError(error)
+
+    def fix_seed_controls(self):
+        """Set every 'control after generate' widget to 'fixed' (the frontend adds one, set to 'randomize',
+        after each input named seed/noise_seed, so queuing from the page would otherwise change seeds).
+        Returns how many were changed."""
+        return self.js("""
+            let count = 0;
+            for (const node of window.app.graph.nodes)
+              for (const w of (node.widgets || []))
+                if (w.name === 'control_after_generate' && w.value !== 'fixed') { w.value = 'fixed'; count++; }
+            return count;""")
+
     def screenshot(self, name):
         """Save a PNG of the page into the artifacts folder and return its path."""
         if self.driver is None:
@@ -247,11 +294,14 @@ class ComfyBrowser:
         return path
 
     def console_log(self):
-        """Browser console entries since the last call ([{level, message, ...}])."""
+        """Browser console entries since the last call ([{level, message, ...}]); all of them are also
+        written to console.json in the artifacts folder when the browser closes."""
         try:
-            return self.driver.get_log("browser")
+            entries = self.driver.get_log("browser")
         except WebDriverException:
             return []
+        self.console_entries.extend(entries)
+        return entries
 
     def severe_console_errors(self, ignore=("favicon", "user.css", "/userdata/", "templates", "Failed to fetch",
                                             "ERR_NAME_NOT_RESOLVED", "ERR_INTERNET_DISCONNECTED",

@@ -21,9 +21,11 @@ Every test under tests/integration/ is marked `integration`; browser tests are m
 A failing integration test gets the tail of the server log in its report.
 """
 
+import json
 import os
 import struct
 import sys
+import time
 
 import pytest
 
@@ -61,6 +63,16 @@ def pytest_runtest_makereport(item, call):
 
 
 _STATE = {}
+
+
+def record_timing(name, seconds):
+    """Add a measurement to artifacts/integration/timings.json (rewritten each session)."""
+    timings = _STATE.setdefault("timings", {})
+    timings[name] = round(seconds, 2)
+    path = os.path.join(ARTIFACTS, "integration", "timings.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(timings, f, indent=1)
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +137,7 @@ def comfy_host(comfy_host_unstarted, host_setup):
             host.start()
         except HostError as e:
             pytest.fail(str(e), pytrace=False)
+        record_timing("server_startup_s", host.startup_seconds)
     yield host
     host.stop()
 
@@ -146,7 +159,9 @@ def _browser_session(comfy_host, integration_artifacts_dir):
             pytest.fail(f"browser tests cannot run: {problem}", pytrace=False)
         pytest.skip(f"browser tests skipped: {problem}")
     page = ComfyBrowser(comfy_host.url, os.path.join(integration_artifacts_dir, "browser"))
+    t0 = time.monotonic()
     page.start()
+    record_timing("browser_start_and_page_ready_s", time.monotonic() - t0)
     yield page
     page.close()
 

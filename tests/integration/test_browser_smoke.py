@@ -24,6 +24,13 @@ def test_page_loads_with_the_pack(comfy_browser, comfy_host):
     assert "EmptyImage" in known
     comfy_browser.screenshot("page_loaded")
 
+    # the default graph's KSampler has a seed, so the frontend added 'control after generate: randomize'
+    sampler = comfy_browser.nodes_of_type("KSampler")
+    assert len(sampler) == 1 and "randomize" in sampler[0]["widgets_values"], sampler
+    assert comfy_browser.fix_seed_controls() == 1
+    values = comfy_browser.nodes_of_type("KSampler")[0]["widgets_values"]
+    assert "fixed" in values and "randomize" not in values, values
+
 
 def test_dropped_workflow_loads_queues_and_runs(comfy_browser, comfy_client):
     page = comfy_browser
@@ -37,12 +44,15 @@ def test_dropped_workflow_loads_queues_and_runs(comfy_browser, comfy_client):
     assert widgets["SaveImage"] == ["stepvideo_browser_smoke"], widgets
     assert len(graph["links"]) == 1
 
-    # what the page sends is the API-format twin of the dropped graph
+    # an edit in the page reaches the graph and what the page sends (API format)
+    empty_image_id = next(n["id"] for n in graph["nodes"] if n["type"] == "EmptyImage")
+    page.set_widget(empty_image_id, "width", 80)
+    assert page.nodes_of_type("EmptyImage")[0]["widgets_values"][0] == 80
     api = page.api_prompt()
     assert sorted(n["class_type"] for n in api["output"].values()) == ["EmptyImage", "SaveImage"]
+    assert api["output"][str(empty_image_id)]["inputs"]["width"] == 80
 
-    prompt_id = page.queue_and_wait_id(comfy_client)
-    entry = comfy_client.wait_for_history(prompt_id, timeout=60)
+    entry = page.run_from_page(comfy_client, timeout=60)
     page.screenshot("dropped_workflow_after_run")
     assert status_str(entry) == "success", entry["status"]
 
@@ -52,7 +62,7 @@ def test_dropped_workflow_loads_queues_and_runs(comfy_browser, comfy_client):
     files = comfy_client.output_files(entry)
     assert len(files) == 1
     image = Image.open(io.BytesIO(comfy_client.fetch_output(files[0])))
-    assert image.size == (96, 64)
+    assert image.size == (80, 64)
     assert image.convert("RGB").getpixel((5, 5)) == (255, 0, 0)
     assert json.loads(image.text["workflow"])["nodes"]
 

@@ -3,13 +3,14 @@
 
 import io
 import json
+import os
 import time
 import uuid
 
 import pytest
 from PIL import Image
 
-from comfy_host import PromptRejected, status_messages, status_str
+from comfy_host import REPO, ComfyHost, HostError, PromptRejected, status_messages, status_str
 
 
 def test_server_is_up_on_cpu(comfy_host, comfy_client):
@@ -20,14 +21,63 @@ def test_server_is_up_on_cpu(comfy_host, comfy_client):
     print(f"ComfyUI {stats['system']['comfyui_version']} ready in {comfy_host.startup_seconds:.1f} s")
 
 
+def pack_declares_nodes():
+    with open(os.path.join(REPO, "__init__.py"), encoding="utf-8") as f:
+        text = f.read()
+    return "NODE_CLASS_MAPPINGS" in text or "comfy_entrypoint" in text
+
+
 def test_pack_imports_without_failure(comfy_host):
     report = comfy_host.pack_import_report()
     assert report["error"] is None, f"the pack raised while ComfyUI imported it:\n{report['error']}"
     assert report["listed"], f"ComfyUI did not try to load the pack; see {comfy_host.log_path}"
-    if report["no_nodes"]:
+    if report["no_nodes"] and not pack_declares_nodes():
         pytest.skip("the pack imports but defines no NODE_CLASS_MAPPINGS/comfy_entrypoint yet "
                     "(ComfyUI lists that as IMPORT FAILED)")
     assert not report["failed"], f"ComfyUI lists the pack as IMPORT FAILED; see {comfy_host.log_path}"
+
+
+# Lines as ComfyUI 0.3.75 logs them (taken from real logs of a raising pack and of an empty pack).
+RAISING_PACK_LOG = """Traceback (most recent call last):
+  File "/h/ComfyUI/nodes.py", line 2146, in load_custom_node
+    module_spec.loader.exec_module(module)
+  File "{base}/custom_nodes/ComfyUI-StepVideo/__init__.py", line 1, in <module>
+    raise RuntimeError("boom from the pack")
+RuntimeError: boom from the pack
+
+Cannot import {base}/custom_nodes/ComfyUI-StepVideo module for custom nodes: boom from the pack
+
+Import times for custom nodes:
+   0.0 seconds: {base}/custom_nodes/ComfyUI-StepVideo-other
+   0.0 seconds (IMPORT FAILED): {base}/custom_nodes/ComfyUI-StepVideo
+"""
+EMPTY_PACK_LOG = """Skip {base}/custom_nodes/ComfyUI-StepVideo module for custom nodes due to the lack of \
+NODE_CLASS_MAPPINGS or NODES_LIST (need one).
+Import times for custom nodes:
+   0.0 seconds (IMPORT FAILED): {base}/custom_nodes/ComfyUI-StepVideo
+"""
+
+
+@pytest.mark.parametrize("log, expected", [
+    (RAISING_PACK_LOG, {"listed": True, "failed": True, "no_nodes": False}),
+    (EMPTY_PACK_LOG, {"listed": True, "failed": True, "no_nodes": True}),
+    ("Import times for custom nodes:\n   0.1 seconds: {base}/custom_nodes/ComfyUI-StepVideo\n",
+     {"listed": True, "failed": False, "no_nodes": False}),
+    ("Starting server\n", {"listed": False, "failed": False, "no_nodes": False}),
+])
+def test_import_report_reads_the_server_log(tmp_path, log, expected):
+    """The log check behind test_pack_imports_without_failure (no server needed)."""
+    host = ComfyHost(base_dir=str(tmp_path / "base"), log_path=str(tmp_path / "server.log"))
+    with open(host.log_path, "w", encoding="utf-8") as f:
+        f.write(log.format(base=host.base_dir))
+    report = host.pack_import_report()
+    assert {k: report[k] for k in expected} == expected
+    if "boom" in log:
+        assert report["error"].startswith("Traceback") and "RuntimeError: boom from the pack" in report["error"]
+        with pytest.raises(HostError, match="boom from the pack"):
+            host.assert_pack_imported()
+    else:
+        assert report["error"] is None
 
 
 def test_pack_node_definitions_are_served(comfy_host):
