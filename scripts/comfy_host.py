@@ -468,6 +468,10 @@ class ComfyHost:
                 except subprocess.TimeoutExpired:
                     continue
                 break
+            try:
+                proc.wait(timeout=10)  # reap it (no zombie) whichever way the loop ended
+            except subprocess.TimeoutExpired:
+                pass
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
             reaper.fire()
