@@ -46,7 +46,9 @@ CHUNK_OPTION = "stepvideo_chunk_tokens"  # transformer_options key set by the me
 
 
 class StepVideoLatentFormat(comfy.latent_formats.LatentFormat):
-    """64-channel video latents, 16x spatial, 17 frames -> 3 latents per chunk; no scale or shift."""
+    """Video latents, 16x spatial, 17 frames -> 3 latents per chunk; no scale or shift. 64 channels for
+    the released model; the model config sets the channel count of the loaded DiT (small trained
+    models may use fewer), and ComfyUI resizes empty latents to it."""
 
     latent_channels = 64
     latent_dimensions = 3
@@ -64,6 +66,7 @@ class StepVideoModelConfig(comfy.supported_models_base.BASE):
     def __init__(self, dit_config, shift=DEFAULT_SHIFT):
         super().__init__({"config": dit_config})
         self.sampling_settings["shift"] = shift
+        self.latent_format.latent_channels = dit_config.out_channels
 
 
 class ComfyStepVideoDiT(StepVideoDiT):

@@ -3,9 +3,9 @@
 Each node class carries its display name as ``DISPLAY_NAME``.
 """
 
-from . import memory, models, sampling, text, video
+from . import memory, models, modes, sampling, text, vae, video
 
-NODE_MODULES = (models, text, sampling, memory, video)
+NODE_MODULES = (models, text, vae, sampling, modes, memory, video)
 
 NODE_CLASS_MAPPINGS = {
     name: cls for module in NODE_MODULES for name, cls in vars(module).items()

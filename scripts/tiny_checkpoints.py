@@ -23,6 +23,7 @@ import_pack()
 from stepvideo_pack.model_loaders import official_layout  # noqa: E402
 from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
 from stepvideo_pack.networks.step_llm import StepLLM, StepLLMConfig  # noqa: E402
+from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VAEEncoderConfig, VideoVAE  # noqa: E402
 
 PARITY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "parity")
 STEP_TOKENIZER = os.path.join(PARITY, "step_tokenizer", official_layout.STEP_TOKENIZER_FILE)  # 1000 pieces
@@ -30,7 +31,13 @@ TINY_CLIP = os.path.join(PARITY, "hunyuan_clip_tiny")  # BERT 64 wide, vocab 801
 
 TINY_LLM = StepLLMConfig(hidden_size=256, num_layers=2, num_heads=2, num_groups=1, ffn_width=512, vocab_size=1024)
 TINY_CLIP_WIDTH = 64
-TINY_DIT = DiTConfig(num_heads=2, head_dim=128, in_channels=64, out_channels=64, num_layers=2,
+# 16 latent channels: the v2 heads are 32 * z wide, so z = 64 alone would make a 100 MB "tiny" VAE.
+# The host glue takes the channel count from the loaded model (empty latents are resized to it).
+TINY_LATENT_CHANNELS = 16
+TINY_VAE = VAEConfig(VAEEncoderConfig(ch=32, ch_mult=(1, 1, 1, 1), z_channels=TINY_LATENT_CHANNELS),
+                     VAEDecoderConfig(ch=32, ch_mult=(1, 1, 1, 1), z_channels=TINY_LATENT_CHANNELS))
+TINY_DIT = DiTConfig(num_heads=2, head_dim=128, in_channels=TINY_LATENT_CHANNELS,
+                     out_channels=TINY_LATENT_CHANNELS, num_layers=2,
                      caption_channels=(TINY_LLM.hidden_size, TINY_CLIP_WIDTH), ff_inner_dim=512)
 
 
@@ -52,6 +59,11 @@ def tiny_dit(config=TINY_DIT, seed=0, dtype=torch.bfloat16):
 def write_transformer(root, config=TINY_DIT, seed=0, shards=2):
     model = tiny_dit(config, seed)
     return official_layout.save_transformer(model.state_dict(), root, config, shards=shards)
+
+
+def write_vae(root, config=TINY_VAE, seed=2):
+    """vae/vae_v2.safetensors (fp32 like the official file, official file key names)."""
+    return official_layout.save_vae(randomize_(VideoVAE(config), seed).state_dict(), root)
 
 
 def write_step_llm(root, config=TINY_LLM, seed=1):
@@ -81,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     write_transformer(args.out_dir, seed=args.seed)
+    write_vae(args.out_dir, seed=args.seed + 2)
     write_step_llm(args.out_dir, seed=args.seed + 1)
     write_hunyuan_clip(args.out_dir)
     print(f"tiny Step-Video checkpoints written to {args.out_dir}")

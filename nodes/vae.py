@@ -1,0 +1,159 @@
+"""Video-VAE loader, decode (streamed, optionally tiled) and encode nodes.
+
+The VAE is our own socket type: its 17 <-> 3 chunking and seam blending are not expressible with
+ComfyUI's VAE object. It is wrapped in a ModelPatcher so ComfyUI's memory management can make room
+for it (e.g. unload the DiT) before a decode, exactly as for its own VAEs.
+"""
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+
+from ..media.frames import images_to_video, video_to_images
+from ..model_loaders.vae_loader import load_vae
+from ..networks.vae_tiling import DEFAULT_OVERLAP_PX, decode_bytes_per_px, encode_bytes_per_px
+from ..samplers.pipeline import to_comfy, to_official
+from ..samplers.video_geometry import snap_frames
+from .host import CATEGORY, Progress, model_choices, model_path
+
+VAE_TYPE = "STEPVIDEO_VAE"
+VAE_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TILING = ("auto", "off", "on")
+
+
+class StepVideoVAE:
+    """A loaded VideoVAE with the ModelPatcher that moves it between the offload and compute devices."""
+
+    def __init__(self, vae):
+        self.vae = vae
+        self.patcher = comfy.model_patcher.ModelPatcher(vae, load_device=comfy.model_management.vae_device(),
+                                                        offload_device=comfy.model_management.vae_offload_device())
+
+    def ready(self, activation_bytes):
+        """Load to the compute device, first freeing ``activation_bytes`` for the work (other models unload)."""
+        comfy.model_management.load_models_gpu([self.patcher], memory_required=activation_bytes)
+        return self.vae
+
+
+def tile_choice(tiling, tile_px):
+    """(tile_px argument of the VAE) for the node's tiling mode: auto -> sized from free memory."""
+    return {"auto": "auto", "off": None, "on": int(tile_px)}[tiling]
+
+
+def _tile_side(tile_px, frame_side):
+    return frame_side if tile_px in (None, "auto") else min(tile_px, frame_side)
+
+
+def decode_latent(handle, samples, tiling="auto", tile_px=512, overlap_px=DEFAULT_OVERLAP_PX):
+    """LATENT samples (B, C, T, h, w) -> IMAGE (B*frames, H, W, 3), streamed chunk by chunk with progress."""
+    config = handle.vae.config
+    tile = tile_choice(tiling, tile_px)
+    height, width = samples.shape[-2] * config.spatial_factor, samples.shape[-1] * config.spatial_factor
+    element = torch.empty((), dtype=handle.vae.dtype).element_size()
+    budget = decode_bytes_per_px(config.decoder, element, config.latent_len) * \
+        _tile_side(tile, height) * _tile_side(tile, width)
+    vae = handle.ready(int(budget))
+    chunks = -(-samples.shape[2] // config.latent_len)
+    video = vae.decode(to_official(samples), tile_px=tile, overlap_px=overlap_px,
+                       on_progress=Progress(chunks), output_device=comfy.model_management.intermediate_device())
+    return video_to_images(video)
+
+
+def encode_images(handle, images, tiling="auto", tile_px=512, overlap_px=DEFAULT_OVERLAP_PX, generator=None,
+                  sample=False):
+    """IMAGE (N, H, W, 3) -> LATENT samples (1, C, T', h, w); N snapped to a multiple of 17 (or 1).
+
+    sample=False returns the posterior mean (deterministic); True draws the official posterior sample.
+    """
+    config = handle.vae.config
+    frames = snap_frames(images.shape[0])
+    video = images_to_video(images[:frames])
+    tile = tile_choice(tiling, tile_px)
+    height, width = video.shape[-2], video.shape[-1]
+    element = torch.empty((), dtype=handle.vae.dtype).element_size()
+    budget = encode_bytes_per_px(config.encoder, element, config.frame_len) * \
+        _tile_side(tile, height) * _tile_side(tile, width)
+    vae = handle.ready(int(budget))
+    chunks = -(-frames // config.frame_len)
+    latent = vae.encode(video, generator=generator, sample=sample, tile_px=tile, overlap_px=overlap_px,
+                        on_progress=Progress(chunks), output_device=comfy.model_management.intermediate_device())
+    return to_comfy(latent).float()
+
+
+class StepVideoVAELoader:
+    DISPLAY_NAME = "StepVideo VAE Loader"
+    DESCRIPTION = ("Loads the Step-Video Video-VAE v2 (vae/vae_v2.safetensors of an official folder in "
+                   "models/stepvideo/, or a single file in models/vae/).")
+    CATEGORY = CATEGORY + "/loaders"
+    RETURN_TYPES = (VAE_TYPE,)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae_name": (model_choices("vae", "vae"), {"tooltip": "Official folder (its vae/vae_v2.safetensors) "
+                                                                  "or a single-file Step-Video VAE."}),
+            "dtype": (list(VAE_DTYPES), {"default": "auto",
+                      "tooltip": "auto = bf16 on a GPU (as the official server runs it), fp32 on the CPU."}),
+        }}
+
+    def load(self, vae_name, dtype):
+        path = model_path("vae", "vae", vae_name, "StepVideo VAE Loader")
+        device = comfy.model_management.vae_device()
+        chosen = VAE_DTYPES[dtype] or (torch.float32 if device.type == "cpu" else torch.bfloat16)
+        return (StepVideoVAE(load_vae(path, dtype=chosen, device=comfy.model_management.vae_offload_device())),)
+
+
+def _tiling_inputs():
+    return {
+        "tiling": (list(TILING), {"default": "auto",
+                   "tooltip": "auto: spatial tiles only if a whole frame does not fit in free memory (sized from it). "
+                              "on: always tile with tile_px. off: whole frames. Time is always streamed in the "
+                              "official 17-frame chunks (exact)."}),
+        "tile_px": ("INT", {"default": 512, "min": 128, "max": 4096, "step": 16,
+                            "tooltip": "Tile side in pixels when tiling is on."}),
+        "overlap_px": ("INT", {"default": DEFAULT_OVERLAP_PX, "min": 0, "max": 512, "step": 16,
+                               "tooltip": "Overlap of neighbouring tiles, blended with linear ramps."}),
+    }
+
+
+class StepVideoVAEDecode:
+    DISPLAY_NAME = "StepVideo VAE Decode"
+    DESCRIPTION = ("LATENT -> IMAGE frames. Decodes one official 17-frame chunk at a time (exact, with the official "
+                   "seam blend) and optionally in spatial tiles, so peak memory is set by the chunk/tile, not the "
+                   "video. Progress and interrupt per chunk/tile. Tip: save the LATENT first (SaveLatent) so a "
+                   "failed decode never costs the sampling run.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae": (VAE_TYPE,), "samples": ("LATENT",), **_tiling_inputs()}}
+
+    def decode(self, vae, samples, tiling, tile_px, overlap_px):
+        return (decode_latent(vae, samples["samples"], tiling, tile_px, overlap_px),)
+
+
+class StepVideoVAEEncode:
+    DISPLAY_NAME = "StepVideo VAE Encode"
+    DESCRIPTION = ("IMAGE frames -> LATENT (17 frames -> 3 latent frames; one image -> 1 latent frame). Frames snap "
+                   "down to a multiple of 17, width/height must be multiples of 16.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": (VAE_TYPE,), "images": ("IMAGE",), **_tiling_inputs(),
+            "sample_posterior": ("BOOLEAN", {"default": False,
+                                 "tooltip": "off: the posterior mean (deterministic). on: a random posterior sample "
+                                            "like the official encode, drawn with seed."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+        }}
+
+    def encode(self, vae, images, tiling, tile_px, overlap_px, sample_posterior, seed):
+        generator = torch.Generator().manual_seed(seed) if sample_posterior else None
+        return ({"samples": encode_images(vae, images, tiling, tile_px, overlap_px, generator, sample_posterior)},)
