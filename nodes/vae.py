@@ -27,7 +27,9 @@ class StepVideoVAE:
 
     def __init__(self, vae):
         self.vae = vae
-        self.patcher = comfy.model_patcher.ModelPatcher(vae, load_device=comfy.model_management.vae_device(),
+        holder = torch.nn.Module()  # ComfyUI sets bookkeeping attributes (device, ...) on the managed module
+        holder.vae = vae
+        self.patcher = comfy.model_patcher.ModelPatcher(holder, load_device=comfy.model_management.vae_device(),
                                                         offload_device=comfy.model_management.vae_offload_device())
 
     def ready(self, activation_bytes):
@@ -111,7 +113,7 @@ def _tiling_inputs():
                    "tooltip": "auto: spatial tiles only if a whole frame does not fit in free memory (sized from it). "
                               "on: always tile with tile_px. off: whole frames. Time is always streamed in the "
                               "official 17-frame chunks (exact)."}),
-        "tile_px": ("INT", {"default": 512, "min": 128, "max": 4096, "step": 16,
+        "tile_px": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 16,
                             "tooltip": "Tile side in pixels when tiling is on."}),
         "overlap_px": ("INT", {"default": DEFAULT_OVERLAP_PX, "min": 0, "max": 512, "step": 16,
                                "tooltip": "Overlap of neighbouring tiles, blended with linear ramps."}),

@@ -3,10 +3,14 @@
 import json
 import os
 
+import torch
+
 import folder_paths
 
-from ..media.mp4 import write_mp4
+from ..media.mp4 import read_mp4_frames, write_mp4
 from .host import CATEGORY
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".gif")
 
 try:  # ComfyUI >= 0.3.30 has a VIDEO type
     from comfy_api.input_impl import VideoFromFile
@@ -66,3 +70,37 @@ class StepVideoSaveVideo:
         ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
         result = (VideoFromFile(path),) if VideoFromFile is not None else ()
         return {"ui": ui, "result": result}
+
+
+class StepVideoLoadVideo:
+    DISPLAY_NAME = "StepVideo Load Video"
+    DESCRIPTION = ("Reads a video file from ComfyUI's input folder as IMAGE frames (through the ffmpeg of "
+                   "imageio-ffmpeg), for video extension, SDEdit and bridging.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "FLOAT")
+    RETURN_NAMES = ("images", "fps")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = sorted(f for f in os.listdir(folder_paths.get_input_directory()) if f.lower().endswith(VIDEO_SUFFIXES))
+        return {"required": {
+            "video": (files or ["(put a video into ComfyUI/input)"],),
+            "skip_frames": ("INT", {"default": 0, "min": 0, "max": 100000}),
+            "frame_limit": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0 = all frames."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, video, skip_frames, frame_limit):
+        path = folder_paths.get_annotated_filepath(video)
+        return f"{os.path.getmtime(path)}:{os.path.getsize(path)}" if os.path.exists(path) else video
+
+    def load(self, video, skip_frames, frame_limit):
+        path = folder_paths.get_annotated_filepath(video)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"StepVideo Load Video: {path} does not exist (put the file into ComfyUI/input).")
+        frames, fps = read_mp4_frames(path)
+        frames = frames[skip_frames:skip_frames + frame_limit if frame_limit else None]
+        if len(frames) == 0:
+            raise ValueError(f"StepVideo Load Video: no frames left in {path} after skipping {skip_frames}.")
+        return (torch.from_numpy(frames.copy()).float() / 255.0, float(fps or 25.0))

@@ -34,8 +34,8 @@ TINY_CLIP_WIDTH = 64
 # 16 latent channels: the v2 heads are 32 * z wide, so z = 64 alone would make a 100 MB "tiny" VAE.
 # The host glue takes the channel count from the loaded model (empty latents are resized to it).
 TINY_LATENT_CHANNELS = 16
-TINY_VAE = VAEConfig(VAEEncoderConfig(ch=32, ch_mult=(1, 1, 1, 1), z_channels=TINY_LATENT_CHANNELS),
-                     VAEDecoderConfig(ch=32, ch_mult=(1, 1, 1, 1), z_channels=TINY_LATENT_CHANNELS))
+TINY_VAE = VAEConfig(VAEEncoderConfig(ch=32, ch_mult=(1, 1, 2, 2), z_channels=TINY_LATENT_CHANNELS),
+                     VAEDecoderConfig(ch=32, ch_mult=(1, 1, 2, 2), z_channels=TINY_LATENT_CHANNELS))
 TINY_DIT = DiTConfig(num_heads=2, head_dim=128, in_channels=TINY_LATENT_CHANNELS,
                      out_channels=TINY_LATENT_CHANNELS, num_layers=2,
                      caption_channels=(TINY_LLM.hidden_size, TINY_CLIP_WIDTH), ff_inner_dim=512)

@@ -1,0 +1,95 @@
+"""Session setup for the Step-Video integration tests: tiny checkpoints in the OFFICIAL folder layout under
+models/stepvideo/ (named as the README tells users: stepvideo-t2v, stepvideo-t2v-turbo, stepvideo-ti2v), a
+deliberately damaged download, input images/clips/latents, and the edits that make the shipped
+workflows small enough for a CPU (sizes, frames, steps — nothing else)."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import tiny_checkpoints
+from stepvideo_pack.media.mp4 import write_mp4
+from stepvideo_pack.networks.dit import DiTConfig
+from workflow_specs import INPUT_FILES, T2V, TI2V, TURBO
+
+WIDTH, HEIGHT = 96, 64
+BROKEN = "stepvideo-broken"
+MISSING_SHARD = "diffusion_pytorch_model-00002-of-00002.safetensors"
+
+
+def write_official_folder(root, ti2v=False):
+    config = DiTConfig(**{**tiny_checkpoints.TINY_DIT.__dict__, "image_condition": ti2v})
+    tiny_checkpoints.write_transformer(root, config=config, seed=3 if ti2v else 0)
+    tiny_checkpoints.write_vae(root)
+    tiny_checkpoints.write_step_llm(root)
+    tiny_checkpoints.write_hunyuan_clip(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def stepvideo_models(host_models_dir):
+    """{name: path} of the official-layout folders in models/stepvideo/ of the session server."""
+    root = os.path.join(host_models_dir, "stepvideo")
+    folders = {T2V: write_official_folder(os.path.join(root, T2V)),
+               TI2V: write_official_folder(os.path.join(root, TI2V), ti2v=True)}
+    folders[TURBO] = shutil.copytree(folders[T2V], os.path.join(root, TURBO))
+    broken = shutil.copytree(folders[T2V], os.path.join(root, BROKEN))
+    os.remove(os.path.join(broken, "transformer", MISSING_SHARD))
+    folders[BROKEN] = broken
+    return folders
+
+
+def _frames(count, hue_shift=0.0):
+    """A moving bright square on a dark background: (count, HEIGHT, WIDTH, 3) floats."""
+    frames = np.zeros((count, HEIGHT, WIDTH, 3), np.float32)
+    frames[..., 2] = 0.25
+    for i in range(count):
+        x = 8 + (i * 2) % (WIDTH - 24)
+        frames[i, 20:36, x:x + 16] = (0.9, 0.2 + hue_shift, 0.1)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def stepvideo_inputs(host_input_dir):
+    """The input files the shipped workflows name (INPUT_FILES), written into input/."""
+    first, last = _frames(1)[0], _frames(30)[-1]
+    for name, frame in ((INPUT_FILES["image"], first), (INPUT_FILES["last_image"], last)):
+        Image.fromarray((frame * 255).astype(np.uint8)).save(os.path.join(host_input_dir, name))
+    write_mp4(os.path.join(host_input_dir, INPUT_FILES["video"]), _frames(34), fps=25)
+    write_mp4(os.path.join(host_input_dir, INPUT_FILES["video_b"]), _frames(34, hue_shift=0.5), fps=25)
+    latent = torch.randn(1, tiny_checkpoints.TINY_LATENT_CHANNELS, 3, HEIGHT // 16, WIDTH // 16,
+                         generator=torch.Generator().manual_seed(0))
+    save_file({"latent_tensor": latent, "latent_format_version_0": torch.tensor([])},
+              os.path.join(host_input_dir, INPUT_FILES["latent"]))
+    return {"clip_frames": 34, "latent_frames": 3}
+
+
+# node type -> the inputs to shrink for a CPU run of the tiny models (a value, or old value -> new value)
+SMALL = {
+    "StepVideoEmptyLatent": {"width": WIDTH, "height": HEIGHT, "frames": lambda frames: min(frames, 17)},
+    "StepVideoImageToVideo": {"width": WIDTH, "height": HEIGHT, "frames": 17},
+    "StepVideoKeyframes": {"width": WIDTH, "height": HEIGHT, "frames": 35},
+    "StepVideoExtendVideo": {"new_frames": 17},
+    "StepVideoBridgeClips": {"new_frames": 17},
+    "StepVideoLongVideo": {"width": WIDTH, "height": HEIGHT, "total_frames": 68, "window_frames": 34, "steps": 2},
+    "StepVideoSampler": {"steps": 3},
+    "KSampler": {"steps": 3},
+    "StepVideoVAEDecode": {"tile_px": 64, "overlap_px": 32},
+}
+
+
+def shrink(prompt):
+    """A copy of an API prompt with sizes/frames/steps reduced for the tiny models (widget values only)."""
+    small = {}
+    for node_id, node in prompt.items():
+        inputs = dict(node["inputs"])
+        for name, value in SMALL.get(node["class_type"], {}).items():
+            if name in inputs and not isinstance(inputs[name], list):
+                inputs[name] = value(inputs[name]) if callable(value) else value
+        small[node_id] = {**node, "inputs": inputs}
+    return small

@@ -1,0 +1,172 @@
+"""Every shipped workflow, queued on the real ComfyUI server through POST /prompt with the tiny
+official-layout checkpoints, outputs fetched through /view and decoded."""
+
+import io
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load
+
+import build_workflows
+from comfy_host import PromptRejected, status_str
+from stepvideo_pack.media.mp4 import read_mp4_frames, read_mp4_metadata
+from stepvideo_setup import BROKEN, HEIGHT, MISSING_SHARD, WIDTH, shrink
+
+WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
+# workflow -> frames of the saved video with the sizes of stepvideo_setup.SMALL (clips are 34 frames)
+EXPECTED_FRAMES = {"text_to_video": 17, "text_to_video_turbo": 17, "ksampler_text_to_video": 17,
+                   "image_to_video": 17, "extend_video": 34 + 17, "long_video": 68,
+                   "interpolate_keyframes": 35, "bridge_clips": 34 + 17 + 34, "sdedit_video": 34,
+                   "decode_saved_latent": 17}
+
+
+def load_workflow(name, api):
+    path = os.path.join(WORKFLOWS, "api" if api else "", name + ".json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def shipped_names():
+    return sorted(n[:-5] for n in os.listdir(os.path.join(WORKFLOWS, "api")) if n.endswith(".json"))
+
+
+def outputs_of_type(entry, suffix):
+    return [f for files in entry["outputs"].values() for f in files.get("images", [])
+            if f["filename"].endswith(suffix)]
+
+
+def test_every_workflow_exists_in_both_formats_and_matches_the_specs(comfy_client):
+    names = shipped_names()
+    assert set(EXPECTED_FRAMES) | {"text_to_image"} == set(names)
+    assert sorted(n[:-5] for n in os.listdir(WORKFLOWS) if n.endswith(".json")) == names
+    regenerated = build_workflows.render(comfy_client.object_info())
+    for relative, text in regenerated.items():
+        with open(os.path.join(WORKFLOWS, relative), encoding="utf-8") as f:
+            assert f.read() == text, f"workflows/{relative} is stale: run scripts/build_workflows.py"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FRAMES))
+def test_video_workflow_runs_and_saves_a_playable_mp4(name, comfy_client, stepvideo_models, stepvideo_inputs):
+    prompt, workflow = shrink(load_workflow(name, api=True)), load_workflow(name, api=False)
+    entry = comfy_client.run_prompt(prompt, workflow=workflow, timeout=600)
+    assert status_str(entry) == "success"
+    videos = outputs_of_type(entry, ".mp4")
+    assert len(videos) == 1, entry["outputs"]
+    data = comfy_client.fetch_output(videos[0])
+    with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"stepvideo_{name}.mp4"), "wb") as f:
+        f.write(data)
+        path = f.name
+    frames, fps = read_mp4_frames(path)
+    assert frames.shape == (EXPECTED_FRAMES[name], HEIGHT, WIDTH, 3)
+    assert fps == 25.0 and frames.std() > 0  # not a blank video
+    tags = read_mp4_metadata(path)
+    assert json.loads(tags["workflow"]) == workflow  # drag the MP4 back in -> this graph
+    assert {n["class_type"] for n in json.loads(tags["prompt"]).values()} == \
+        {n["class_type"] for n in prompt.values()}
+
+
+def test_text_to_image_saves_one_png(comfy_client, stepvideo_models):
+    entry = comfy_client.run_prompt(shrink(load_workflow("text_to_image", api=True)), timeout=300)
+    pngs = outputs_of_type(entry, ".png")
+    assert len(pngs) == 1
+    image = Image.open(io.BytesIO(comfy_client.fetch_output(pngs[0])))
+    assert image.size == (WIDTH, HEIGHT)
+
+
+def _saved_latent(comfy_client, entry, node_id):
+    files = [f for f in comfy_client.output_files(entry, node_id) if f["filename"].endswith(".latent")]
+    assert len(files) == 1, entry["outputs"]
+    return load(comfy_client.fetch_output(files[0]))["latent_tensor"]
+
+
+def _sampler_prompt(sampler):
+    """text_to_video with the sampler replaced by ``sampler`` ('ours' or 'ksampler'), saving the latent."""
+    prompt = shrink(load_workflow("text_to_video", api=True))
+    node = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoSampler")
+    if sampler == "ksampler":
+        old = prompt[node]["inputs"]
+        prompt["90"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": old["model"], "shift": 13.0}}
+        prompt[node] = {"class_type": "KSampler", "inputs": {
+            "model": ["90", 0], "seed": old["seed"], "steps": 10, "cfg": old["cfg"], "sampler_name": "euler",
+            "scheduler": "simple", "positive": old["positive"], "negative": old["negative"],
+            "latent_image": old["latent"], "denoise": 1.0}}
+    else:
+        prompt[node]["inputs"]["steps"] = 10
+    keep = {k: v for k, v in prompt.items() if v["class_type"] not in ("StepVideoVAEDecode", "StepVideoSaveVideo")}
+    return keep, next(k for k, v in keep.items() if v["class_type"] == "SaveLatent")
+
+
+def test_stock_ksampler_on_our_model_matches_the_official_sampler(comfy_client, stepvideo_models):
+    latents = {}
+    for sampler in ("ours", "ksampler"):
+        prompt, save_node = _sampler_prompt(sampler)
+        latents[sampler] = _saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
+    ours, stock = latents["ours"], latents["ksampler"]
+    assert ours.shape == stock.shape == (1, 16, 3, HEIGHT // 16, WIDTH // 16)
+    # euler/simple with shift 13 and 10 steps is the official schedule exactly: same result up to rounding
+    assert float((ours - stock).abs().max()) <= 1e-3 * max(1.0, float(ours.abs().max()))
+
+
+def test_extension_keeps_the_encoded_clip_bit_identical(comfy_client, stepvideo_models, stepvideo_inputs):
+    prompt = shrink(load_workflow("extend_video", api=True))
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoVAEEncode")
+    join = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoJoinWindow")
+    prompt["91"] = {"class_type": "SaveLatent", "inputs": {"samples": [encode, 0], "filename_prefix": "test/clip"}}
+    prompt["92"] = {"class_type": "SaveLatent", "inputs": {"samples": [join, 0], "filename_prefix": "test/joined"}}
+    entry = comfy_client.run_prompt(prompt, timeout=300)
+    clip, joined = _saved_latent(comfy_client, entry, "91"), _saved_latent(comfy_client, entry, "92")
+    assert clip.shape[2] == 6 and joined.shape[2] == 9
+    assert np.array_equal(joined[:, :, :6].numpy(), clip.numpy())
+
+
+def test_missing_shard_is_a_clear_error_in_history(comfy_client, stepvideo_models):
+    prompt = shrink(load_workflow("text_to_video", api=True))
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoDiTLoader")
+    prompt[loader]["inputs"]["model_name"] = BROKEN
+    entry = comfy_client.wait_for_history(comfy_client.queue_prompt(prompt), timeout=120)
+    assert status_str(entry) == "error"
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["node_type"] == "StepVideoDiTLoader"
+    message = errors[0]["exception_message"]
+    assert MISSING_SHARD in message and "missing" in message and BROKEN in message
+
+
+def test_malformed_prompt_gets_the_hosts_400_with_node_errors(comfy_client, stepvideo_models):
+    prompt = shrink(load_workflow("text_to_video", api=True))
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoSampler")
+    del prompt[sampler]["inputs"]["positive"]
+    prompt[sampler]["inputs"]["steps"] = 0
+    with pytest.raises(PromptRejected) as caught:
+        comfy_client.queue_prompt(prompt)
+    assert caught.value.status == 400
+    errors = caught.value.node_errors[sampler]["errors"]
+    assert {e["type"] for e in errors} >= {"required_input_missing", "value_smaller_than_min"}
+
+
+def test_interrupt_stops_a_long_sampling_run_within_a_step(comfy_client, stepvideo_models):
+    prompt = shrink(load_workflow("text_to_video", api=True))
+    empty = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoEmptyLatent")
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoSampler")
+    prompt[empty]["inputs"].update(width=256, height=256, frames=34)
+    prompt[sampler]["inputs"]["steps"] = 400
+    # time a few steps of the same size first, so "within a step" has a measured meaning
+    short = json.loads(json.dumps(prompt))
+    short[sampler]["inputs"]["steps"] = 4
+    keep = {k: v for k, v in short.items() if v["class_type"] not in ("StepVideoVAEDecode", "StepVideoSaveVideo")}
+    start = time.monotonic()
+    comfy_client.run_prompt(keep, timeout=300)
+    step_seconds = (time.monotonic() - start) / 4  # an upper bound: includes loading and encoding
+    prompt_id = comfy_client.queue_prompt(prompt)
+    comfy_client.wait_until_running(prompt_id, timeout=120)
+    time.sleep(max(1.0, 3 * step_seconds))
+    sent = time.monotonic()
+    comfy_client.interrupt()
+    entry = comfy_client.wait_for_history(prompt_id, timeout=120)
+    stopped_after = time.monotonic() - sent
+    assert status_str(entry) == "error"
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"])
+    assert stopped_after < step_seconds + 2.0, (stopped_after, step_seconds)
