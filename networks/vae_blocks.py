@@ -1,0 +1,435 @@
+"""Building blocks of the Step-Video v2 Video-VAE (causal 3-D convolutions, per-frame GroupNorm).
+
+Layout. Activations are logical (B, C, T, H, W) tensors stored channels-last
+(``torch.channels_last_3d``: memory order B, T, H, W, C). In that layout every frame, and every
+run of consecutive frames, is one block of memory: per-frame work (the v2 GroupNorm, 2-D
+resampling) runs on cheap views, time slabs are slices, and oneDNN / cuDNN convolutions take the
+tensors without reordering them.
+
+Causality. A 3-tap causal convolution sees each input preceded by two zero frames, never padded
+at the back. Rather than padding a copy, the producer of a conv input writes it straight into a
+buffer that already starts with those zero frames (:func:`zero_history`), and the conv runs on the
+whole buffer with spatial padding only.
+
+Memory. Per-frame operations (GroupNorm + SiLU, nearest up-sampling, 2-D convs) are applied in
+time slabs (:func:`per_frame`) that write into their destination, so their temporaries are one
+slab, not one more full-size tensor. A residual block then peaks at input + conv input + conv
+output.
+
+Module and parameter names equal the official ``stepvideo/vae/vae.py`` state-dict keys; the
+parameter-free space-to-depth shortcuts are plain functions.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import cast_to
+
+CL3D = torch.channels_last_3d
+GROUPS = 32
+SLAB_ELEMENTS = 1 << 24  # per-frame work runs in time slabs of at most ~16 M elements per tensor
+WEIGHT_SLICE_ELEMENTS = 1 << 24  # larger conv weights run in output-channel slices (see CausalConv3d)
+
+
+def channels_last(x):
+    """``x`` (B, C, T, H, W) stored channels-last (no copy when it already is)."""
+    return x.contiguous(memory_format=CL3D)
+
+
+def empty_video(shape, like):
+    """An uninitialised channels-last (B, C, T, H, W) tensor on ``like``'s device and dtype."""
+    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=CL3D)
+
+
+def zero_history(shape, history, like):
+    """(buffer, body): ``buffer`` is (B, C, history + T, H, W) with zero first frames; ``body`` the rest.
+
+    Writing a conv input into ``body`` makes ``buffer`` the causally padded input of that conv.
+    """
+    batch, channels, frames, height, width = shape
+    buffer = empty_video((batch, channels, history + frames, height, width), like)
+    buffer[:, :, :history].zero_()
+    return buffer, buffer[:, :, history:]
+
+
+def as_frames(x):
+    """(B, C, T, H, W) -> (B*T, C, H, W): each frame as a channels-last image."""
+    return x.transpose(1, 2).flatten(0, 1)
+
+
+def from_frames(frames, batch):
+    """(B*T, C, H, W) -> (B, C, T, H, W), the inverse of :func:`as_frames`."""
+    return frames.unflatten(0, (batch, -1)).transpose(1, 2)
+
+
+def per_frame(fn, src, dst, time_scale=1, add=False):
+    """``dst[:, :, time_scale*t0 : time_scale*t1] = fn(src[:, :, t0:t1])`` over time slabs of ``src``.
+
+    ``fn`` must treat frames independently (it may turn one frame into ``time_scale`` frames).
+    ``dst`` may be ``src`` itself (in place) when shapes agree; ``add=True`` adds instead of
+    assigning. Temporaries are one slab. Returns ``dst``.
+    """
+    frames = src.shape[2]
+    frame_elements = max(src[:, :, :1].numel(), dst[:, :, :time_scale].numel())
+    step = max(1, SLAB_ELEMENTS // max(1, frame_elements))
+    for t0 in range(0, frames, step):
+        t1 = min(frames, t0 + step)
+        target = dst[:, :, time_scale * t0:time_scale * t1]
+        result = fn(src[:, :, t0:t1])
+        if add:
+            target.add_(result)
+        else:
+            target.copy_(result)
+    return dst
+
+
+def frame_group_norm(norm, x, silu):
+    """The v2 GroupNorm: statistics of each frame separately; optional SiLU. (B, C, t, H, W) -> same."""
+    y = norm(as_frames(x))
+    if silu:
+        y = F.silu(y, inplace=True)
+    return from_frames(y, x.shape[0])
+
+
+def store_conv_weights_channels_last(module):
+    """Re-store every 2-D / 3-D conv weight of ``module`` channels-last, in place; returns ``module``.
+
+    With channels-last activations this is the layout oneDNN and cuDNN use directly; a weight in
+    the default layout would be reordered on every call (on CPU a temporary copy of the weight,
+    0.9 GB for the decoder's 2048 -> 4096 conv, and slower).
+    """
+    for layer in module.modules():
+        weight = getattr(layer, "weight", None)
+        if isinstance(layer, (nn.Conv2d, nn.Conv3d)) and weight is not None and not weight.is_meta:
+            layout = CL3D if weight.dim() == 5 else torch.channels_last
+            weight.data = weight.data.contiguous(memory_format=layout)
+    return module
+
+
+def group_norm_layer(channels, operations, device, dtype):
+    return operations.GroupNorm(GROUPS, channels, eps=1e-5, affine=True, device=device, dtype=dtype)
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d, causal in time: output frame t sees input frames up to t (zeros before the first).
+
+    ``conv`` carries the weights (official key ``<name>.conv.weight``); it pads space by k//2 on each
+    side and time not at all; the ``history = k - 1`` leading zero frames are the caller's buffer
+    (:meth:`forward_padded`) or added here (:meth:`forward`). Stride 2 (the encoder's 3-D
+    downsampling) keeps the same history: T -> (T - 1) // 2 + 1.
+
+    A weight above WEIGHT_SLICE_ELEMENTS (the decoder's 2048 -> 4096 conv: 226 M) is applied in
+    slices of output channels: oneDNN copies the weight into its own layout on every call, and a
+    slice keeps that copy small (64 MB instead of 0.9 GB in float32).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.history = kernel_size - 1
+        self.conv = operations.Conv3d(in_channels, out_channels, kernel_size, stride=stride,
+                                      padding=(0, kernel_size // 2, kernel_size // 2), device=device, dtype=dtype)
+
+    def forward_padded(self, buffer):
+        """``buffer`` (B, C, history + T, H, W) whose first ``history`` frames are zero -> (B, C', T', H', W')."""
+        weight, bias = self.conv.weight, self.conv.bias
+        if weight.numel() <= WEIGHT_SLICE_ELEMENTS:
+            return channels_last(self.conv(buffer))
+        step = max(1, WEIGHT_SLICE_ELEMENTS // weight[0].numel())
+        out = None
+        for start in range(0, weight.shape[0], step):
+            part = F.conv3d(buffer, cast_to(weight[start:start + step], buffer),
+                            cast_to(bias[start:start + step], buffer), self.conv.stride, self.conv.padding)
+            if out is None:
+                out = empty_video((part.shape[0], weight.shape[0]) + part.shape[2:], part)
+            out[:, start:start + step] = part
+        return out
+
+    def forward(self, x):
+        """x (B, C, T, H, W) -> (B, C', T', H', W')."""
+        if not self.history:
+            return channels_last(self.conv(x))
+        buffer, body = zero_history(x.shape, self.history, x)
+        body.copy_(x)
+        return self.forward_padded(buffer)
+
+
+def normalized_conv_input(norm, x, history, silu=True):
+    """GroupNorm(+SiLU) of ``x`` written into a zero-history buffer: the padded input of a causal conv."""
+    buffer, body = zero_history(x.shape, history, x)
+    per_frame(lambda s: frame_group_norm(norm, s, silu), x, body)
+    return buffer
+
+
+class ResnetBlock3D(nn.Module):
+    """x + conv2(norm2(conv1(norm1(x)))) with SiLU after each norm and causal 3x3x3 convs.
+
+    The shortcut is a 1x1x1 conv (``nin_shortcut``) when the width changes. No time embedding.
+    (B, C_in, T, H, W) -> (B, C_out, T, H, W).
+    """
+
+    def __init__(self, in_channels, out_channels, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.norm1 = group_norm_layer(in_channels, operations, device, dtype)
+        self.conv1 = CausalConv3d(in_channels, out_channels, 3, operations=operations, device=device, dtype=dtype)
+        self.norm2 = group_norm_layer(out_channels, operations, device, dtype)
+        self.conv2 = CausalConv3d(out_channels, out_channels, 3, operations=operations, device=device, dtype=dtype)
+        if in_channels != out_channels:
+            self.nin_shortcut = CausalConv3d(in_channels, out_channels, 1, operations=operations,
+                                             device=device, dtype=dtype)
+
+    def forward(self, x):
+        h = self.conv1.forward_padded(normalized_conv_input(self.norm1, x, self.conv1.history))
+        buffer = normalized_conv_input(self.norm2, h, self.conv2.history)
+        del h
+        out = self.conv2.forward_padded(buffer)
+        del buffer
+        if hasattr(self, "nin_shortcut"):
+            return per_frame(self.nin_shortcut, x, out, add=True)
+        return out.add_(x)
+
+
+class AttentionBlock3D(nn.Module):
+    """x + proj_out(attention(q(n), k(n), v(n))), n = GroupNorm(x) (no SiLU); all projections 1x1x1.
+
+    Single head of width C over the T*H*W positions flattened in (t, h, w) order, causal at the
+    token level (a position sees every earlier position of the flattened order). Scale 1/sqrt(C).
+    """
+
+    def __init__(self, channels, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.norm = group_norm_layer(channels, operations, device, dtype)
+        for name in ("q", "k", "v", "proj_out"):
+            setattr(self, name, CausalConv3d(channels, channels, 1, operations=operations, device=device, dtype=dtype))
+
+    def forward(self, x):
+        batch, channels, frames, height, width = x.shape
+        normed = per_frame(lambda s: frame_group_norm(self.norm, s, silu=False), x, empty_video(x.shape, x))
+
+        def tokens(projection):  # (B, C, T, H, W) channels-last -> (B, 1, T*H*W, C), a view
+            return projection(normed).permute(0, 2, 3, 4, 1).reshape(batch, 1, frames * height * width, channels)
+
+        attended = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v), is_causal=True)
+        del normed
+        attended = attended.view(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
+        return self.proj_out(attended).add_(x)
+
+
+class Downsample2D(nn.Module):
+    """Per frame: one zero row at the bottom and one zero column at the right, then a 3x3 stride-2 conv.
+
+    (B, C, T, H, W) -> (B, C, T, H/2, W/2).
+    """
+
+    def __init__(self, channels, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.conv = operations.Conv2d(channels, channels, 3, stride=2, padding=0, device=device, dtype=dtype)
+
+    def forward(self, x):
+        batch, channels, frames, height, width = x.shape
+
+        def downsample(s):
+            return from_frames(self.conv(F.pad(as_frames(s), (0, 1, 0, 1))), batch)
+
+        return per_frame(downsample, x, empty_video((batch, channels, frames, height // 2, width // 2), x))
+
+
+class Downsample3D(nn.Module):
+    """Causal 3x3x3 conv with stride 2 in time and space: (B, C, T, H, W) -> (B, C, (T-1)//2+1, H/2, W/2)."""
+
+    def __init__(self, channels, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, 3, stride=2, operations=operations, device=device, dtype=dtype)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+# --- x2 nearest up-sampling fused with the following 3x3(x3) conv ----------------------------------
+#
+# A 3-tap conv over a nearest-x2 up-sampled axis sees, at each output position, only two distinct
+# input samples: output 2i + q of a centred (zero-padded) axis reads input i-1, i (q = 0) or i, i+1
+# (q = 1); output 2t + p of a causal time axis reads input frames t-1, t for both phases. So the conv
+# of the up-sampled tensor equals, per output phase, a 2-tap conv of the small tensor with summed
+# taps: 8 instead of 27 taps per output in 3-D (4 instead of 9 in 2-D), and the up-sampled tensor
+# is never built. Results equal the official up-sample-then-conv up to float summation order.
+
+_FIRST_ALONE = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0))  # 2 taps: k0, k1 + k2
+_LAST_ALONE = ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))  # 2 taps: k0 + k1, k2
+CENTRED_PHASES = ((_FIRST_ALONE, 0), (_LAST_ALONE, 1))  # (tap sums, start in the 1-padded input) per phase
+CAUSAL_PHASES = (_LAST_ALONE, _FIRST_ALONE)  # both phases read input frames t-1, t
+
+
+def phase_kernel(weight, *tap_sums):
+    """``weight`` (Co, C, 3, ...) with each 3-tap axis summed into 2 taps by a (2, 3) matrix (float32 sums)."""
+    kernel = weight.float()
+    for axis, sums in enumerate(tap_sums):
+        kernel = torch.tensordot(kernel, torch.tensor(sums, device=weight.device), dims=([2 + axis], [1]))
+        kernel = kernel.movedim(-1, 2 + axis)
+    return kernel.to(weight.dtype)
+
+
+def conv2d_of_nearest_2x(frames, weight, bias):
+    """conv2d(nearest_x2(frames), weight 3x3, padding 1) without building nearest_x2: (n, C, H, W) -> (n, Co, 2H, 2W)."""
+    count, _, height, width = frames.shape
+    padded = F.pad(frames, (1, 1, 1, 1))
+    out = torch.empty((count, weight.shape[0], 2 * height, 2 * width), device=frames.device, dtype=frames.dtype,
+                      memory_format=torch.channels_last)
+    for row_phase, (row_sums, row_start) in enumerate(CENTRED_PHASES):
+        for col_phase, (col_sums, col_start) in enumerate(CENTRED_PHASES):
+            kernel = phase_kernel(weight, row_sums, col_sums).contiguous(memory_format=torch.channels_last)
+            window = padded[:, :, row_start:row_start + height + 1, col_start:col_start + width + 1]
+            out[:, :, row_phase::2, col_phase::2] = F.conv2d(window, kernel, bias)
+    return out
+
+
+def causal_conv3d_of_nearest_2x(x, weight, bias):
+    """Causal 3x3x3 conv (space padding 1) of nearest_x2(x) in (t, h, w), without building it.
+
+    (B, C, T, H, W) -> (B, Co, 2T, 2H, 2W). Both time phases share an input window, so each of the
+    four spatial phases is one conv with 2*Co outputs.
+    """
+    batch, channels, frames, height, width = x.shape
+    out_channels = weight.shape[0]
+    padded, body = zero_history((batch, channels, frames, height + 2, width + 2), 1, x)
+    body.zero_()
+    body[:, :, :, 1:-1, 1:-1] = x
+    out = empty_video((batch, out_channels, 2 * frames, 2 * height, 2 * width), x)
+    both_biases = None if bias is None else bias.repeat(2)
+    for row_phase, (row_sums, row_start) in enumerate(CENTRED_PHASES):
+        for col_phase, (col_sums, col_start) in enumerate(CENTRED_PHASES):
+            kernel = torch.cat([phase_kernel(weight, time_sums, row_sums, col_sums) for time_sums in CAUSAL_PHASES])
+            window = padded[:, :, :, row_start:row_start + height + 1, col_start:col_start + width + 1]
+            both = F.conv3d(window, channels_last(kernel), both_biases)
+            for time_phase in range(2):
+                out[:, :, time_phase::2, row_phase::2, col_phase::2] = \
+                    both[:, time_phase * out_channels:(time_phase + 1) * out_channels]
+            del both
+    return out
+
+
+def add_nearest_2x_(fine, coarse):
+    """``fine += nearest_x2(coarse)`` in place (fine (B, C, 2T, 2H, 2W) channels-last), by broadcasting."""
+    batch, channels, frames, height, width = coarse.shape
+    fine.permute(0, 2, 3, 4, 1).view(batch, frames, 2, height, 2, width, 2, channels).add_(
+        coarse.permute(0, 2, 3, 4, 1).reshape(batch, frames, 1, height, 1, width, 1, channels))
+    return fine
+
+
+class Upsample2D(nn.Module):
+    """Per frame: nearest x2 in space, then a 3x3 conv. (B, C, T, H, W) -> (B, C, T, 2H, 2W)."""
+
+    def __init__(self, channels, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.conv = operations.Conv2d(channels, channels, 3, padding=1, device=device, dtype=dtype)
+
+    def forward(self, x):
+        batch, channels, frames, height, width = x.shape
+        weight, bias = cast_to(self.conv.weight, x), cast_to(self.conv.bias, x)
+
+        def upsample(s):
+            return from_frames(conv2d_of_nearest_2x(as_frames(s), weight, bias), batch)
+
+        return per_frame(upsample, x, empty_video((batch, channels, frames, 2 * height, 2 * width), x))
+
+
+class Res3DBlockUpsample(nn.Module):
+    """The 3-D up-sampling block, applied to u = nearest_x2(x) in (t, h, w):
+    u + SiLU(u + norm2(conv2(SiLU(norm1(conv1(u)))))), causal 3x3x3 convs.
+
+    Takes the small x (B, C, T, H, W) and returns (B, C, 2T, 2H, 2W); u itself is never built
+    (conv1 runs per output phase, the residuals are broadcast).
+    """
+
+    def __init__(self, channels, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.conv1 = CausalConv3d(channels, channels, 3, operations=operations, device=device, dtype=dtype)
+        self.norm1 = group_norm_layer(channels, operations, device, dtype)
+        self.conv2 = CausalConv3d(channels, channels, 3, operations=operations, device=device, dtype=dtype)
+        self.norm2 = group_norm_layer(channels, operations, device, dtype)
+
+    def forward(self, x):
+        conv1 = self.conv1.conv
+        h = causal_conv3d_of_nearest_2x(x, cast_to(conv1.weight, x), cast_to(conv1.bias, x))
+        buffer = normalized_conv_input(self.norm1, h, self.conv2.history)
+        del h
+        h = self.conv2.forward_padded(buffer)
+        del buffer
+        per_frame(lambda s: frame_group_norm(self.norm2, s, silu=False), h, h)
+        return add_nearest_2x_(F.silu(add_nearest_2x_(h, x), inplace=True), x)
+
+
+class Upsample3D(nn.Module):
+    """Nearest x2 in (t, h, w) fused into :class:`Res3DBlockUpsample` (``conv3d``). T -> 2T, H -> 2H, W -> 2W."""
+
+    def __init__(self, channels, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.conv3d = Res3DBlockUpsample(channels, operations, device, dtype)
+
+    def forward(self, x):
+        return self.conv3d(x)
+
+
+# --- v2 patchify heads: space-to-depth with channel-averaging / channel-duplicating shortcuts ----------
+
+def space_to_depth(x, factor):
+    """(B, C, T, H, W) -> (B, C*f^3, (T+f-1)/f, H/f, W/f) after f-1 leading zero frames.
+
+    Output channel c*f^3 + i_t*f^2 + i_h*f + i_w holds input channel c at offset (i_t, i_h, i_w).
+    """
+    if factor == 1:
+        return x
+    x = F.pad(x, (0, 0, 0, 0, factor - 1, 0))
+    batch, channels, frames, height, width = x.shape
+    f = factor
+    x = x.reshape(batch, channels, frames // f, f, height // f, f, width // f, f)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(batch, frames // f, height // f, width // f, channels * f ** 3)
+    return x.permute(0, 4, 1, 2, 3)
+
+
+def depth_to_space(x, factor):
+    """Inverse of :func:`space_to_depth`, dropping the f-1 leading frames: T -> f*T - (f-1), H -> f*H, W -> f*W."""
+    if factor == 1:
+        return x
+    batch, deep_channels, frames, height, width = x.shape
+    f = factor
+    channels = deep_channels // f ** 3
+    x = x.reshape(batch, channels, f, f, f, frames, height, width)
+    x = x.permute(0, 5, 2, 6, 3, 7, 4, 1).reshape(batch, frames * f, height * f, width * f, channels)
+    return x.permute(0, 4, 1, 2, 3)[:, :, f - 1:]
+
+
+def average_channel_groups(x, out_channels):
+    """(B, C, ...) -> (B, out_channels, ...): the mean of each run of C / out_channels consecutive channels."""
+    return channels_last(x.unflatten(1, (out_channels, -1)).mean(2))
+
+
+def duplicate_channels(x, out_channels):
+    """(B, C, ...) -> (B, out_channels, ...): each channel repeated out_channels / C times consecutively."""
+    return x.repeat_interleave(out_channels // x.shape[1], dim=1)
+
+
+class PatchifyConv(nn.Module):
+    """Causal 3x3x3 conv to C/f^3 channels, then space-to-depth: (B, C_in, T, H, W) -> (B, C, T/f, H/f, W/f)."""
+
+    def __init__(self, in_channels, out_channels, factor, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.factor = factor
+        self.conv = CausalConv3d(in_channels, out_channels // factor ** 3, 3, operations=operations,
+                                 device=device, dtype=dtype)
+
+    def forward(self, x):
+        return channels_last(space_to_depth(self.conv(x), self.factor))
+
+
+class UnpatchifyConv(nn.Module):
+    """Causal 3x3x3 conv to C*f^3 channels, then depth-to-space: (B, C_in, T, H, W) -> (B, C, fT-f+1, fH, fW)."""
+
+    def __init__(self, in_channels, out_channels, factor, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.factor = factor
+        self.conv = CausalConv3d(in_channels, out_channels * factor ** 3, 3, operations=operations,
+                                 device=device, dtype=dtype)
+
+    def forward(self, x):
+        return channels_last(depth_to_space(self.conv(x), self.factor))
