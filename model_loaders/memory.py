@@ -1,22 +1,28 @@
-"""Memory model of a Step-Video run: DiT weights and activations (VAE decode lives with the VAE).
+"""Memory model of a Step-Video run: DiT weights and activations (VAE decode: networks/vae_tiling.py).
 
-All functions return bytes. Activation counts are in units of L*D (tokens x hidden width) at the
-peak of one transformer block; benchmarks/dit_memory.py checks them against measurements.
+All functions return bytes. Activations are counted in units of L*D (tokens x hidden width, in the
+compute dtype) at the peak of one transformer block; benchmarks/dit_memory.py measures them.
 
-Peak inside a block (no chunking), per sample:
-    residual stream x                      1 L*D
-    norm/modulated input h                 1
-    fused qkv + split/normed/roped q, k    ~6
-    attention output + wo output           2
-  feed-forward: inner activation and its GELU (4D wide each)   8 (replaces the attention part)
-so about 11 L*D, dominated by the feed-forward. With token chunking the 4D-wide temporaries only
-exist for ``chunk_tokens`` tokens, leaving about 7 L*D (the fused qkv of all tokens stays).
+Unchunked block, per sample: the residual stream x (1), the modulated input (1), the fused qkv and
+the normalised/rotated q and k with their temporaries (~6), attention and projection outputs (2),
+or in the feed-forward the 4D-wide inner activation and its GELU (8): about 11 units (measured
+10.1 at 4096 tokens, 12.4 at 2048, width 6144, CPU).
+
+Chunked over c tokens (networks/dit.py): only q, k, v of all tokens (3 units, the attention output
+reuses q's storage) and x (1) span the whole sequence; the chunk's temporaries add about 8 units
+times c / L: 4 + 8 c / L (measured 5.2 units at c / L = 1/8 and 5.0 at 1/4).
 """
+
+import functools
 
 import torch
 
-BLOCK_PEAK_UNITS = 11.0          # L*D units at the peak of an unchunked block
-CHUNKED_BLOCK_PEAK_UNITS = 7.0   # ... with feed-forward/attention chunked over tokens
+from ..networks.dit import StepVideoDiT
+from .materialize import FP8_DTYPES, build_on_meta, weight_dtype_for
+
+BLOCK_PEAK_UNITS = 11.0        # L*D units at the peak of an unchunked block
+CHUNKED_BASE_UNITS = 4.0       # q, k, v and x across all tokens when chunked
+CHUNK_TEMPORARY_UNITS = 8.0    # per-token temporaries of one chunk, times chunk / L
 
 
 def dtype_bytes(dtype):
@@ -28,18 +34,18 @@ def dit_tokens(frames, height, width, patch_size=1):
     return frames * (height // patch_size) * (width // patch_size)
 
 
-def dit_weight_bytes(config, weight_dtype=torch.bfloat16):
-    """Bytes of the DiT parameters with matmul weights in ``weight_dtype`` (norms/tables stay 2 bytes)."""
-    d, inner, layers = config.hidden_size, config.ff_inner_dim, config.num_layers
-    block_matmul = d * 3 * d + d * d + d * d + 2 * d * d + d * d + 2 * d * inner
-    block_small = 6 * d + 4 * d + 4 * config.head_dim
-    llm, clip = config.caption_channels[0], (config.caption_channels[1] if len(config.caption_channels) > 1 else 0)
-    patch_in = config.in_channels * (2 if config.image_condition else 1)
-    embedders = 2 if config.image_condition else 1
-    other_matmul = (patch_in * d * config.patch_size ** 2 + embedders * (256 * d + d * d) + d * 6 * d
-                    + llm * d + d * d + clip * d + d * config.out_channels * config.patch_size ** 2)
-    return (layers * block_matmul + other_matmul) * dtype_bytes(weight_dtype) + \
-        (layers * block_small + 16 * d) * 2
+@functools.lru_cache(maxsize=16)
+def dit_weight_bytes(config, weight_dtype=torch.bfloat16, compute_dtype=None):
+    """Bytes of the DiT parameters as the loaders store them (matmul weights in ``weight_dtype``, the rest in
+    the compute dtype: see materialize.weight_dtype_for), counted on a meta-device build of ``config``."""
+    if compute_dtype is None:
+        compute_dtype = torch.bfloat16 if weight_dtype in FP8_DTYPES else weight_dtype
+    model = build_on_meta(lambda: StepVideoDiT(config))
+    total = 0
+    for module in model.modules():
+        for leaf, param in module.named_parameters(recurse=False):
+            total += param.numel() * dtype_bytes(weight_dtype_for(module, leaf, weight_dtype, compute_dtype))
+    return total
 
 
 def dit_activation_bytes(config, batch, frames, height, width, dtype=torch.bfloat16, chunk_tokens=None,
@@ -50,10 +56,51 @@ def dit_activation_bytes(config, batch, frames, height, width, dtype=torch.bfloa
     (PyTorch's math fallback, e.g. on CPU); flash/memory-efficient kernels do not.
     """
     tokens = dit_tokens(frames, height, width, config.patch_size)
-    units = CHUNKED_BLOCK_PEAK_UNITS if chunk_tokens and chunk_tokens < tokens else BLOCK_PEAK_UNITS
+    units = BLOCK_PEAK_UNITS
+    if chunk_tokens and chunk_tokens < tokens:
+        units = min(units, CHUNKED_BASE_UNITS + CHUNK_TEMPORARY_UNITS * chunk_tokens / tokens)
     size = dtype_bytes(dtype)
     total = units * tokens * config.hidden_size * size
     if attention_matrix:
         rows = min(tokens, chunk_tokens or tokens)
         total += config.num_heads * rows * tokens * 4
     return int(batch * total)
+
+
+GIB = 1024 ** 3
+
+
+def run_estimate(config, batch, frames, height, width, weight_dtype=torch.bfloat16, compute_dtype=torch.bfloat16,
+                 cfg_passes=2, cfg_batched=True, chunk_tokens=None):
+    """Peak-memory estimate of sampling one latent (frames x height x width, latent units).
+
+    Returns {"weights", "activations", "peak", "tokens"} in bytes (tokens: per sample). ``cfg_passes``
+    is 2 with classifier-free guidance (1 without); batched CFG runs both passes as one batch.
+    ``peak`` assumes every weight resident on the device; a host that streams weights needs only the
+    activations plus the layers in flight.
+    """
+    weights = dit_weight_bytes(config, weight_dtype)
+    per_forward = batch * (cfg_passes if cfg_batched else 1)
+    activations = dit_activation_bytes(config, per_forward, frames, height, width, compute_dtype, chunk_tokens)
+    return {"weights": weights, "activations": activations, "peak": weights + activations,
+            "tokens": dit_tokens(frames, height, width, config.patch_size)}
+
+
+def human_bytes(count):
+    """'12.3 GiB' / '45 MiB' / '512 KiB'."""
+    for unit, size in (("GiB", GIB), ("MiB", 1024 ** 2)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}" if unit == "GiB" else f"{count / size:.0f} {unit}"
+    return f"{count / 1024:.0f} KiB"
+
+
+def describe_estimate(estimate, device_bytes=None):
+    """One human line for logs and the node's report."""
+    text = (f"{estimate['tokens']:,} tokens per sample; DiT weights {human_bytes(estimate['weights'])}, "
+            f"activations {human_bytes(estimate['activations'])}, peak with all weights resident "
+            f"{human_bytes(estimate['peak'])}")
+    if device_bytes:
+        text += f"; device has {human_bytes(device_bytes)}"
+        if estimate["peak"] > device_bytes:
+            text += " (weights will be streamed from CPU memory)"
+    return text

@@ -9,6 +9,8 @@ import comfy.sample
 import comfy.samplers
 import latent_preview
 
+from ..model_loaders.comfy_model import CHUNK_OPTION
+from ..model_loaders.memory import describe_estimate, run_estimate
 from ..samplers.flow_euler import sample_flow_euler
 from ..samplers.flow_schedule import DEFAULT_SHIFT, partial_noise_levels
 from ..samplers.modes import extension_window, long_video_plan
@@ -43,6 +45,27 @@ class OfficialEulerSampler(comfy.samplers.Sampler):
 
         return sample_flow_euler(velocity, noise, sigmas.float().cpu(), latent=latent_image, mask=denoise_mask,
                                  callback=on_step)
+
+
+def check_memory(model, samples, cfg):
+    """Estimate peak memory for sampling ``samples``; log it, and refuse clearly when activations alone
+    cannot fit the device (weights can be streamed, activations cannot). Returns the report line."""
+    diffusion = model.model.diffusion_model
+    device = model.load_device
+    chunk = model.model_options.get("transformer_options", {}).get(CHUNK_OPTION) or diffusion.chunk_tokens
+    batched = "sampler_calc_cond_batch_function" not in model.model_options
+    estimate = run_estimate(diffusion.config, samples.shape[0], *samples.shape[2:],
+                            weight_dtype=model.model.get_dtype(),
+                            compute_dtype=model.model.manual_cast_dtype or model.model.get_dtype(),
+                            cfg_passes=2 if cfg != 1.0 else 1, cfg_batched=batched, chunk_tokens=chunk)
+    total = comfy.model_management.get_total_memory(device)
+    report = "Step-Video memory estimate: " + describe_estimate(estimate, total)
+    log.info(report)
+    if estimate["activations"] > 0.95 * total:
+        raise MemoryError(
+            f"{report}. The activations alone do not fit on {device}: lower the resolution or frames, or add "
+            "StepVideo Memory Options (token chunking, sequential CFG) before the sampler.")
+    return report
 
 
 def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise, callback=None):
@@ -94,7 +117,9 @@ class StepVideoSampler:
         }}
 
     def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, denoise):
-        return (run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise),)
+        report = check_memory(model, latent["samples"], cfg)
+        result = run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise)
+        return {"ui": {"text": [report]}, "result": (result,)}
 
 
 class StepVideoScheduler:
@@ -181,6 +206,9 @@ class StepVideoLongVideo:
         plan = long_video_plan(snap_frames(total_frames) // FRAMES_PER_CHUNK,
                                max(2, snap_frames(window_frames) // FRAMES_PER_CHUNK), overlap_chunks,
                                None if start_clip is None else start_clip["samples"].shape[2] // LATENTS_PER_CHUNK)
+        window = torch.zeros(1, 1, max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks, snap_size(height) // 16,
+                             snap_size(width) // 16)
+        report = check_memory(model, window, cfg)
         bar = Progress(len(plan) * steps)
         saver = LatentCheckpoint("long_video", prompt, extra_pnginfo)
         current = None if start_clip is None else start_clip["samples"]
@@ -205,5 +233,5 @@ class StepVideoLongVideo:
                 log.warning("StepVideo Long Video interrupted; the finished %d latent frames are in %s",
                             current.shape[2], saver.path)
             raise
-        return ({"samples": current.to(comfy.model_management.intermediate_device())},)
+        return {"ui": {"text": [report]}, "result": ({"samples": current.to(comfy.model_management.intermediate_device())},)}
 
