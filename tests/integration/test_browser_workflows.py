@@ -62,9 +62,16 @@ def test_dropped_workflow_shows_the_graph_and_runs_from_the_page(name, comfy_bro
 
     _shrink_in_page(page, graph)
     page.fix_seed_controls()
+    i2v = [n["id"] for n in graph["nodes"] if n["type"] == "StepVideoImageToVideo"]
+    for node_id in i2v:  # a value the API tests did not use, so the node runs (not from ComfyUI's cache)
+        page.set_widget(node_id, "motion_score", 4.5)
     entry = page.run_from_page(comfy_client, timeout=600)
     page.screenshot(f"workflow_{name}")
     assert status_str(entry) == "success", entry["status"]
+    for node_id in i2v:  # the node says which path it took (web/js/stepvideo.js shows it)
+        page.wait_for(f"(window.app.graph.getNodeById({node_id}).widgets || []).some(w => w.name === "
+                      "'stepvideo_report' && String(w.value).includes('TI2V weights: official image condition, "
+                      "motion score 4.5'))", timeout=20, what="the Image To Video report on the node")
     if name == "text_to_image":
         return
     video = outputs_of_type(entry, ".mp4")[0]["filename"]

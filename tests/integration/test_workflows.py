@@ -170,3 +170,12 @@ def test_interrupt_stops_a_long_sampling_run_within_a_step(comfy_client, stepvid
     assert status_str(entry) == "error"
     assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"])
     assert stopped_after < step_seconds + 2.0, (stopped_after, step_seconds)
+
+
+def test_pack_serves_its_web_extension_node_docs_and_templates(comfy_client):
+    extensions = comfy_client.get_json("/extensions")
+    assert any(e.endswith("/ComfyUI-StepVideo/js/stepvideo.js") for e in extensions), extensions
+    status, doc = comfy_client.request("GET", "/extensions/ComfyUI-StepVideo/docs/StepVideoKeyframes.md", raw=True)
+    assert status == 200 and b"trailing one-latent chunk" in doc
+    templates = comfy_client.get_json("/workflow_templates")
+    assert set(templates["ComfyUI-StepVideo"]) >= {"text_to_video", "image_to_video", "long_video"}
