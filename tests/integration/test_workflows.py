@@ -179,3 +179,20 @@ def test_pack_serves_its_web_extension_node_docs_and_templates(comfy_client):
     assert status == 200 and b"trailing one-latent chunk" in doc
     templates = comfy_client.get_json("/workflow_templates")
     assert set(templates["ComfyUI-StepVideo"]) >= {"text_to_video", "image_to_video", "long_video"}
+
+
+def test_fp8_weights_memory_options_and_attention_fallback_through_ksampler(comfy_client, comfy_host,
+                                                                             stepvideo_models):
+    reference, save_node = _sampler_prompt("ksampler")
+    lean, _ = _sampler_prompt("ksampler")
+    loader = next(k for k, v in lean.items() if v["class_type"] == "StepVideoDiTLoader")
+    lean[loader]["inputs"].update(weight_dtype="fp8_e4m3fn", attention="flash_attn")
+    lean["93"] = {"class_type": "StepVideoMemoryOptions",
+                  "inputs": {"model": [loader, 0], "chunk_tokens": 32, "cfg_passes": "sequential"}}
+    lean["90"]["inputs"]["model"] = ["93", 0]
+    base = _saved_latent(comfy_client, comfy_client.run_prompt(reference, timeout=300), save_node)
+    small = _saved_latent(comfy_client, comfy_client.run_prompt(lean, timeout=300), save_node)
+    # fp8 weights (3 mantissa bits) move the result a little; chunking and sequential CFG do not
+    assert float((base - small).norm() / base.norm()) < 0.1
+    assert "attention backend 'flash_attn' is not available" in comfy_host.log_text() or \
+        "attention backend 'flash_attn' needs a CUDA GPU" in comfy_host.log_text()
