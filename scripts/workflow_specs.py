@@ -21,6 +21,22 @@ def _loaders(graph, model=T2V):
     return dit, text, vae
 
 
+def _encode(graph, text, prompt=PROMPT_EN, magic="T2V official"):
+    return graph.add("StepVideoTextEncode", text_encoder=text[0], prompt=prompt, negative_prompt="", magic=magic)
+
+
+def _sample(graph, dit, cond, latent, steps=50, cfg=9.0, shift=13.0, denoise=1.0):
+    """StepVideo Sampler with the official base-model settings."""
+    return graph.add("StepVideoSampler", model=dit[0], positive=cond[0], negative=cond[1], latent=latent, seed=1234,
+                     steps=steps, cfg=cfg, shift=shift, denoise=denoise)
+
+
+def _sample_window(graph, dit, cond, vae, window, name):
+    """Sample a mode's window, put it back into its clip (Join Window), save latent and video."""
+    joined = graph.add("StepVideoJoinWindow", samples=_sample(graph, dit, cond, window[0])[0])
+    _save(graph, vae, joined[0], name)
+
+
 def _save(graph, vae, latent, prefix, save_latent=True):
     """SaveLatent first (a failed decode never loses the sampling run), then decode and save the MP4."""
     if save_latent:
@@ -34,10 +50,9 @@ def text_to_video(name="text_to_video", model=T2V, steps=50, cfg=9.0, shift=13.0
                   prompt=PROMPT_ZH):
     g = Graph(name, title, f"{steps} steps, CFG {cfg}, shift {shift}, 544x992, 204 frames (official settings).")
     dit, text, vae = _loaders(g, model)
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=prompt, negative_prompt="", magic="T2V official")
+    cond = _encode(g, text, prompt)
     empty = g.add("StepVideoEmptyLatent", width=992, height=544, frames=204, batch_size=1)
-    latent = g.add("StepVideoSampler", model=dit[0], positive=cond[0], negative=cond[1], latent=empty[0], seed=1234,
-                   steps=steps, cfg=cfg, shift=shift, denoise=1.0)
+    latent = _sample(g, dit, cond, empty[0], steps, cfg, shift)
     _save(g, vae, latent[0], name)
     return g
 
@@ -45,10 +60,9 @@ def text_to_video(name="text_to_video", model=T2V, steps=50, cfg=9.0, shift=13.0
 def text_to_image():
     g = Graph("text_to_image", "Step-Video text to image (1 frame)", "frames = 1: one latent frame, one image.")
     dit, text, vae = _loaders(g)
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=PROMPT_EN, negative_prompt="", magic="T2V official")
+    cond = _encode(g, text)
     empty = g.add("StepVideoEmptyLatent", width=992, height=544, frames=1, batch_size=1)
-    latent = g.add("StepVideoSampler", model=dit[0], positive=cond[0], negative=cond[1], latent=empty[0], seed=1234,
-                   steps=50, cfg=9.0, shift=13.0, denoise=1.0)
+    latent = _sample(g, dit, cond, empty[0])
     image = g.add("StepVideoVAEDecode", vae=vae[0], samples=latent[0])
     g.add("SaveImage", images=image[0], filename_prefix="StepVideo/text_to_image")
     return g
@@ -59,7 +73,7 @@ def ksampler_text_to_video():
               "The DiT is a standard MODEL: KSampler (euler / simple) with ModelSamplingSD3 shift 13.")
     dit, text, vae = _loaders(g)
     shifted = g.add("ModelSamplingSD3", model=dit[0], shift=13.0)
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=PROMPT_EN, negative_prompt="", magic="T2V official")
+    cond = _encode(g, text)
     empty = g.add("StepVideoEmptyLatent", width=992, height=544, frames=204, batch_size=1)
     latent = g.add("KSampler", model=shifted[0], seed=1234, steps=50, cfg=9.0, sampler_name="euler",
                    scheduler="simple", positive=cond[0], negative=cond[1], latent_image=empty[0], denoise=1.0)
@@ -72,12 +86,10 @@ def image_to_video():
               "TI2V weights: official image condition + motion score. T2V weights: known first frame.")
     dit, text, vae = _loaders(g, TI2V)
     image = g.add("LoadImage", image=INPUT_FILES["image"])
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=PROMPT_EN, negative_prompt="",
-                 magic="TI2V official")
+    cond = _encode(g, text, magic="TI2V official")
     i2v = g.add("StepVideoImageToVideo", model=dit[0], vae=vae[0], positive=cond[0], negative=cond[1],
                 image=image[0], width=992, height=544, frames=102, motion_score=5.0, batch_size=1)
-    latent = g.add("StepVideoSampler", model=dit[0], positive=i2v[0], negative=i2v[1], latent=i2v[2], seed=1234,
-                   steps=50, cfg=9.0, shift=13.0, denoise=1.0)
+    latent = _sample(g, dit, i2v, i2v[2])
     _save(g, vae, latent[0], "image_to_video")
     return g
 
@@ -89,12 +101,9 @@ def extend_video():
     dit, text, vae = _loaders(g)
     clip = g.add("StepVideoLoadVideo", video=INPUT_FILES["video"], skip_frames=0, frame_limit=0)
     encoded = g.add("StepVideoVAEEncode", vae=vae[0], images=clip[0])
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=PROMPT_EN, negative_prompt="", magic="T2V official")
+    cond = _encode(g, text)
     window = g.add("StepVideoExtendVideo", clip=encoded[0], new_frames=68, overlap_chunks=1, direction="forward")
-    sampled = g.add("StepVideoSampler", model=dit[0], positive=cond[0], negative=cond[1], latent=window[0], seed=1234,
-                    steps=50, cfg=9.0, shift=13.0, denoise=1.0)
-    joined = g.add("StepVideoJoinWindow", samples=sampled[0])
-    _save(g, vae, joined[0], "extend_video")
+    _sample_window(g, dit, cond, vae, window, "extend_video")
     return g
 
 
@@ -102,7 +111,7 @@ def long_video():
     g = Graph("long_video", "Step-Video long video (chained extensions)",
               "Any length in windows of bounded memory; the finished part is saved after every window.")
     dit, text, vae = _loaders(g)
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=PROMPT_EN, negative_prompt="", magic="T2V official")
+    cond = _encode(g, text)
     latent = g.add("StepVideoLongVideo", model=dit[0], positive=cond[0], negative=cond[1], width=992, height=544,
                    total_frames=408, window_frames=204, overlap_chunks=1, seed=1234, steps=50, cfg=9.0, shift=13.0)
     _save(g, vae, latent[0], "long_video")
@@ -115,13 +124,10 @@ def interpolate_keyframes():
     dit, text, vae = _loaders(g)
     first = g.add("LoadImage", image=INPUT_FILES["image"])
     last = g.add("LoadImage", image=INPUT_FILES["last_image"])
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=PROMPT_EN, negative_prompt="", magic="T2V official")
+    cond = _encode(g, text)
     window = g.add("StepVideoKeyframes", vae=vae[0], first_image=first[0], last_image=last[0], width=992, height=544,
                    frames=69)
-    sampled = g.add("StepVideoSampler", model=dit[0], positive=cond[0], negative=cond[1], latent=window[0], seed=1234,
-                    steps=50, cfg=9.0, shift=13.0, denoise=1.0)
-    joined = g.add("StepVideoJoinWindow", samples=sampled[0])
-    _save(g, vae, joined[0], "interpolate_keyframes")
+    _sample_window(g, dit, cond, vae, window, "interpolate_keyframes")
     return g
 
 
@@ -133,12 +139,9 @@ def bridge_clips():
     clip_b = g.add("StepVideoLoadVideo", video=INPUT_FILES["video_b"], skip_frames=0, frame_limit=0)
     latent_a = g.add("StepVideoVAEEncode", vae=vae[0], images=clip_a[0])
     latent_b = g.add("StepVideoVAEEncode", vae=vae[0], images=clip_b[0])
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=PROMPT_EN, negative_prompt="", magic="T2V official")
+    cond = _encode(g, text)
     window = g.add("StepVideoBridgeClips", clip_a=latent_a[0], clip_b=latent_b[0], new_frames=34, overlap_chunks=1)
-    sampled = g.add("StepVideoSampler", model=dit[0], positive=cond[0], negative=cond[1], latent=window[0], seed=1234,
-                    steps=50, cfg=9.0, shift=13.0, denoise=1.0)
-    joined = g.add("StepVideoJoinWindow", samples=sampled[0])
-    _save(g, vae, joined[0], "bridge_clips")
+    _sample_window(g, dit, cond, vae, window, "bridge_clips")
     return g
 
 
@@ -148,9 +151,8 @@ def sdedit_video():
     dit, text, vae = _loaders(g)
     clip = g.add("StepVideoLoadVideo", video=INPUT_FILES["video"], skip_frames=0, frame_limit=0)
     edit = g.add("StepVideoSDEdit", vae=vae[0], images=clip[0], strength=0.6, shift=13.0)
-    cond = g.add("StepVideoTextEncode", text_encoder=text[0], prompt=PROMPT_ZH, negative_prompt="", magic="T2V official")
-    sampled = g.add("StepVideoSampler", model=dit[0], positive=cond[0], negative=cond[1], latent=edit[0], seed=1234,
-                    steps=50, cfg=9.0, shift=13.0, denoise=edit[1])
+    cond = _encode(g, text, PROMPT_ZH)
+    sampled = _sample(g, dit, cond, edit[0], denoise=edit[1])
     _save(g, vae, sampled[0], "sdedit_video", save_latent=False)
     return g
 
