@@ -98,6 +98,29 @@ def extension_window(clip, new_chunks, overlap_chunks=1, direction=FORWARD):
     return Window(samples, frame_mask(samples, known), before, after, keep)
 
 
+def random_cut_masks(window, overlap_chunks, direction=FORWARD, seed=0):
+    """Randomized blending across the known overlap (after StreamingT2V): f(step) -> mask.
+
+    At every step a cut is drawn uniformly over the overlap's latent frames; the overlap frames
+    between the cut and the new part are generated with it for that step, the rest stay known. The
+    window's own mask still decides the result, so ``Window.join`` keeps the clip bit-identical.
+    """
+    overlap = overlap_chunks * LATENTS_PER_CHUNK
+    generator = torch.Generator().manual_seed(seed)
+    total = window.mask.shape[2]
+
+    def at_step(step):
+        cut = int(torch.randint(0, overlap + 1, (1,), generator=generator))
+        mask = window.mask.clone()
+        if direction == FORWARD:
+            mask[:, :, cut:overlap] = 1.0
+        else:
+            mask[:, :, total - overlap:total - cut] = 1.0
+        return mask
+
+    return at_step
+
+
 def bridge_window(clip_a, clip_b, new_chunks, overlap_chunks=1):
     """Frames between the end of ``clip_a`` and the start of ``clip_b`` (both whole chunks).
 

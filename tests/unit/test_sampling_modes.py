@@ -206,3 +206,23 @@ def test_chained_extensions_keep_every_earlier_latent():
         assert torch.equal(current[:, :, :before.shape[2]], before)
     assert current.shape[2] == 30
     torch.testing.assert_close(current, target, rtol=0, atol=1e-4)
+
+
+def test_random_cut_blending_frees_part_of_the_overlap_each_step_but_joins_exactly():
+    from stepvideo_pack.samplers.modes import random_cut_masks
+    clip = video(50)
+    window = extension_window(clip, new_chunks=1, overlap_chunks=2)
+    masks = random_cut_masks(window, overlap_chunks=2, seed=3)
+    freed = set()
+    for step in range(20):
+        m = masks(step)[0, 0, :, 0, 0]
+        assert m[6:].min() == 1  # the new chunk is always generated
+        known = (m[:6] == 0).nonzero().flatten().tolist()
+        assert known == list(range(len(known)))  # the known part is a prefix of the overlap (far from the cut)
+        freed.add(6 - len(known))
+    assert len(freed) > 3  # the cut moves between steps
+    target, noise = video(51, window.samples.shape), video(52, window.samples.shape)
+    sampled = sample_flow_euler(oracle(target), noise, noise_levels(6), latent=window.samples, mask=window.mask,
+                                step_mask=masks)
+    joined = window.join(sampled)
+    assert torch.equal(joined[:, :, :9], clip)
