@@ -10,6 +10,7 @@ by default) + negative magic (:func:`compose_prompts`).
 default frees both right after encoding, so the 20B Step-LLM never sits in memory during sampling.
 """
 
+import contextlib
 import gc
 from dataclasses import dataclass
 
@@ -113,8 +114,12 @@ class StepVideoTextEncoder:
 
     # --- public -------------------------------------------------------------------------------------
 
-    def encode(self, prompts):
-        """prompts (str or list of str) -> TextEmbeddings (B = len(prompts)), from the cache when possible."""
+    def encode(self, prompts, on_progress=None):
+        """prompts (str or list of str) -> TextEmbeddings (B = len(prompts)), from the cache when possible.
+
+        on_progress(done, total) is called after every encoder layer that runs (never on a cache hit);
+        it may raise to interrupt.
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts to encode (an empty prompt is the string '', not an empty list)")
@@ -126,7 +131,7 @@ class StepVideoTextEncoder:
             entries = {p: self.cache.load(keys[p], CACHED_TENSORS) for p in unique}
         missing = [p for p in unique if entries.get(p) is None]
         if missing:
-            fresh = self._run_encoders(missing)
+            fresh = self._run_encoders(missing, on_progress)
             entries.update(fresh)
             for prompt, entry in fresh.items():
                 if self.cache is not None:
@@ -158,13 +163,14 @@ class StepVideoTextEncoder:
                      "max_length": self.clip_max_length, "dtype": str(self.clip_dtype)},
         }
 
-    def _run_encoders(self, prompts):
+    def _run_encoders(self, prompts, on_progress=None):
         """{prompt: {llm_states (L, D), llm_mask (L,), clip_states (Lc, Dc)}} computed by the encoders (CPU)."""
         try:
-            llm_states, llm_mask = self._run_step_llm(prompts)
+            llm_states, llm_mask = self._run_step_llm(prompts, on_progress)
+            done = len(self.step_llm.transformer.layers)
             if not self.keep_loaded:
                 self.unload()  # before CLIP loads: the two never share memory
-            clip_states = self._run_clip(prompts).to(llm_states.dtype)
+            clip_states = self._run_clip(prompts, on_progress, done).to(llm_states.dtype)
         finally:
             if not self.keep_loaded:
                 self.unload()
@@ -172,7 +178,7 @@ class StepVideoTextEncoder:
                 for i, p in enumerate(prompts)}
 
     @torch.no_grad()
-    def _run_step_llm(self, prompts):
+    def _run_step_llm(self, prompts, on_progress=None):
         if self.step_tokenizer is None:
             self.step_tokenizer = load_step_tokenizer(self.step_tokenizer_path)
         if self.step_llm is None:
@@ -181,10 +187,12 @@ class StepVideoTextEncoder:
                                           weight_dtype=self.llm_weight_dtype)
         ids, mask = self.step_tokenizer(prompts, max_length=self.llm_max_length)
         _check_vocabulary(ids, self.step_llm.config.vocab_size, self.step_tokenizer, self.step_llm_path)
-        return self.step_llm(ids.to(self.device)).cpu(), mask
+        layers = self.step_llm.transformer.layers
+        with layer_progress(layers, on_progress, 0, len(layers) + 1):  # + 1: CLIP, counted once known
+            return self.step_llm(ids.to(self.device)).cpu(), mask
 
     @torch.no_grad()
-    def _run_clip(self, prompts):
+    def _run_clip(self, prompts, on_progress=None, done=0):
         if self.clip_tokenizer is None:
             self.clip_tokenizer = load_clip_tokenizer(self.clip_tokenizer_path)
         if self.clip is None:
@@ -192,7 +200,22 @@ class StepVideoTextEncoder:
                                           operations=self.operations)
         ids, mask = self.clip_tokenizer(prompts, max_length=self.clip_max_length)
         _check_vocabulary(ids, self.clip.config.vocab_size, self.clip_tokenizer, self.clip_path)
-        return self.clip(ids.to(self.device), mask.to(self.device)).cpu()
+        layers = self.clip.encoder.layer
+        with layer_progress(layers, on_progress, done, done + len(layers)):
+            return self.clip(ids.to(self.device), mask.to(self.device)).cpu()
+
+
+@contextlib.contextmanager
+def layer_progress(layers, on_progress, done, total):
+    """Report on_progress(done + i + 1, total) after layer i of ``layers`` runs (nothing if on_progress is None)."""
+    handles = [] if on_progress is None else [
+        layer.register_forward_hook(lambda module, args, output, i=i: on_progress(done + i + 1, total))
+        for i, layer in enumerate(layers)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _check_vocabulary(ids, vocab_size, tokenizer, weights_path):

@@ -8,7 +8,7 @@ import comfy.model_management
 import folder_paths
 
 from ..model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts
-from .host import CATEGORY, model_choices, model_path
+from .host import CATEGORY, Progress, model_choices, model_path
 
 TEXT_ENCODER_TYPE = "STEPVIDEO_TEXT_ENCODER"
 DEVICES = ("default", "cpu", "gpu")
@@ -109,6 +109,6 @@ class StepVideoTextEncode:
             budget = STREAMING_BUDGET if streamed else sum(
                 _files_bytes(p) for p in (text_encoder.step_llm_path, text_encoder.clip_path))
             comfy.model_management.free_memory(budget, text_encoder.device)
-        positive, negative = text_encoder.encode(texts).split()
+        positive, negative = text_encoder.encode(texts, on_progress=Progress(1)).split()
         return (to_conditioning(positive), to_conditioning(negative))
 

@@ -191,3 +191,15 @@ def test_embeddings_drive_the_dit(model_root):
     with torch.no_grad():
         velocity = dit(latents, torch.tensor([0.5, 0.5]), **out.dit_inputs())
     assert velocity.shape == latents.shape and torch.isfinite(velocity).all()
+
+
+def test_encoding_reports_progress_per_layer_and_not_on_a_cache_hit(model_root, tmp_path):
+    calls = []
+    encoder = make_encoder(model_root, cache_dir=str(tmp_path / "cache"))
+    encoder.encode(["a red circle", "红色圆形"], on_progress=lambda done, total: calls.append((done, total)))
+    llm_layers, clip_layers = 2, 2
+    assert calls[:llm_layers] == [(1, llm_layers + 1), (2, llm_layers + 1)]
+    assert calls[llm_layers:] == [(3, 4), (4, 4)] and len(calls) == llm_layers + clip_layers
+    calls.clear()
+    encoder.encode(["a red circle"], on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == []
