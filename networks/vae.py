@@ -22,8 +22,8 @@ from torch import nn
 from .ops import DEFAULT_OPERATIONS
 from .vae_blocks import (AttentionBlock3D, CausalConv3d, Downsample2D, Downsample3D, PatchifyConv,
                          ResnetBlock3D, UnpatchifyConv, Upsample2D, Upsample3D, average_channel_groups,
-                         channels_last, depth_to_space, duplicate_channels, frame_group_norm,
-                         group_norm_layer, normalized_conv_input, per_frame, space_to_depth)
+                         channels_last, depth_to_space, duplicate_channels, group_norm_layer, group_norm_silu,
+                         per_frame, space_to_depth)
 from .vae_tiling import map_tiles, plan_tiles, resolve_tile_px
 
 RGB = 3
@@ -198,7 +198,7 @@ class VideoEncoder(nn.Module):
             if hasattr(stage, "downsample"):
                 h = stage.downsample(h)
         h = run_mid(self.mid, h)
-        h = per_frame(lambda s: frame_group_norm(self.norm_out, s, silu=True), h, h)
+        h = per_frame(group_norm_silu(self.norm_out), h, h)
         patch_channels = self.conv_out.conv.in_channels
         shortcut = average_channel_groups(space_to_depth(h, PATCH_FACTOR), patch_channels)
         h = self.conv_patchify(h).add_(shortcut)
@@ -253,9 +253,7 @@ class VideoDecoder(nn.Module):
                 h = block(h)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
-        buffer = normalized_conv_input(self.norm_out, h, self.conv_out.history)
-        del h
-        return self.conv_out.forward_padded(buffer)[:, :, self.config.temporal_downsample - 1:]
+        return self.conv_out.stream(h, group_norm_silu(self.norm_out))[:, :, self.config.temporal_downsample - 1:]
 
 
 def blend_seam(last_frame, first_frame):
@@ -372,7 +370,7 @@ class VideoVAE(nn.Module):
         elif tuple(out.shape) != shape:
             raise ValueError(f"out has shape {list(out.shape)}; decoding {list(latent.shape)} needs {list(shape)}.")
         frame_start = 0
-        for start, stop in chunk_spans(frames, self.config.latent_len):
+        for start, stop in spans:
             chunk = channels_last(latent[:, start:stop].to(device=self.device, dtype=self.dtype).transpose(1, 2))
             decoded = map_tiles(self.decoder, chunk, tiles, 1, factor, out.device, progress.step)
             frame_stop = frame_start + decoded.shape[2]

@@ -7,14 +7,13 @@ resampling) runs on cheap views, time slabs are slices, and oneDNN / cuDNN convo
 tensors without reordering them.
 
 Causality. A 3-tap causal convolution sees each input preceded by two zero frames, never padded
-at the back. Rather than padding a copy, the producer of a conv input writes it straight into a
-buffer that already starts with those zero frames (:func:`zero_history`), and the conv runs on the
-whole buffer with spatial padding only.
+at the back; output frame t depends on input frames t-2..t only.
 
-Memory. Per-frame operations (GroupNorm + SiLU, nearest up-sampling, 2-D convs) are applied in
-time slabs (:func:`per_frame`) that write into their destination, so their temporaries are one
-slab, not one more full-size tensor. A residual block then peaks at input + conv input + conv
-output.
+Memory. Convolutions run over time slabs (:meth:`CausalConv3d.stream`): each slab's input is the
+last two (normalised) frames of the previous slab followed by the normalised slab, so the
+normalised conv input is never built whole and a conv whose output has its input's shape can
+write over its input. Other per-frame work (GroupNorm, 2-D resampling, 1x1x1 shortcuts) also
+runs in slabs (:func:`per_frame`). A residual block then holds its input, its output and a slab.
 
 Module and parameter names equal the official ``stepvideo/vae/vae.py`` state-dict keys; the
 parameter-free space-to-depth shortcuts are plain functions.
@@ -28,7 +27,7 @@ from .ops import cast_to
 
 CL3D = torch.channels_last_3d
 GROUPS = 32
-SLAB_ELEMENTS = 1 << 24  # per-frame work runs in time slabs of at most ~16 M elements per tensor
+SLAB_ELEMENTS = 1 << 22  # streamed convs and per-frame work run in time slabs of ~4 M elements per tensor
 WEIGHT_SLICE_ELEMENTS = 1 << 24  # larger conv weights run in output-channel slices (see CausalConv3d)
 
 
@@ -40,17 +39,6 @@ def channels_last(x):
 def empty_video(shape, like):
     """An uninitialised channels-last (B, C, T, H, W) tensor on ``like``'s device and dtype."""
     return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=CL3D)
-
-
-def zero_history(shape, history, like):
-    """(buffer, body): ``buffer`` is (B, C, history + T, H, W) with zero first frames; ``body`` the rest.
-
-    Writing a conv input into ``body`` makes ``buffer`` the causally padded input of that conv.
-    """
-    batch, channels, frames, height, width = shape
-    buffer = empty_video((batch, channels, history + frames, height, width), like)
-    buffer[:, :, :history].zero_()
-    return buffer, buffer[:, :, history:]
 
 
 def as_frames(x):
@@ -115,9 +103,9 @@ class CausalConv3d(nn.Module):
     """Conv3d, causal in time: output frame t sees input frames up to t (zeros before the first).
 
     ``conv`` carries the weights (official key ``<name>.conv.weight``); it pads space by k//2 on each
-    side and time not at all; the ``history = k - 1`` leading zero frames are the caller's buffer
-    (:meth:`forward_padded`) or added here (:meth:`forward`). Stride 2 (the encoder's 3-D
-    downsampling) keeps the same history: T -> (T - 1) // 2 + 1.
+    side and time not at all: the ``history = k - 1`` leading zero frames are supplied by
+    :meth:`stream` (stride 1, slab by slab) or by a padded copy (stride 2, the encoder's 3-D
+    downsampling: T -> (T - 1) // 2 + 1).
 
     A weight above WEIGHT_SLICE_ELEMENTS (the decoder's 2048 -> 4096 conv: 226 M) is applied in
     slices of output channels: oneDNN copies the weight into its own layout on every call, and a
@@ -138,8 +126,9 @@ class CausalConv3d(nn.Module):
         step = max(1, WEIGHT_SLICE_ELEMENTS // weight[0].numel())
         out = None
         for start in range(0, weight.shape[0], step):
-            part = F.conv3d(buffer, cast_to(weight[start:start + step], buffer),
-                            cast_to(bias[start:start + step], buffer), self.conv.stride, self.conv.padding)
+            part_bias = None if bias is None else cast_to(bias[start:start + step], buffer)
+            part = F.conv3d(buffer, cast_to(weight[start:start + step], buffer), part_bias,
+                            self.conv.stride, self.conv.padding)
             if out is None:
                 out = empty_video((part.shape[0], weight.shape[0]) + part.shape[2:], part)
             out[:, start:start + step] = part
@@ -149,16 +138,41 @@ class CausalConv3d(nn.Module):
         """x (B, C, T, H, W) -> (B, C', T', H', W')."""
         if not self.history:
             return channels_last(self.conv(x))
-        buffer, body = zero_history(x.shape, self.history, x)
-        body.copy_(x)
-        return self.forward_padded(buffer)
+        if self.conv.stride[0] == 1:
+            return self.stream(x)
+        return self.forward_padded(channels_last(F.pad(x, (0, 0, 0, 0, self.history, 0))))
+
+    def stream(self, x, prepare=None, inplace=False):
+        """conv(zero history + prepare(x)) over time slabs, for stride 1: (B, C, T, H, W) -> (B, C', T, H, W).
+
+        ``prepare`` is a per-frame function applied to x first (GroupNorm + SiLU); the prepared
+        input only ever exists one slab (plus ``history`` carried frames) at a time, in one reused
+        buffer. ``inplace`` (when C' == C) writes the result over x where x spans several slabs:
+        each slab is prepared before its output overwrites it, and the carried frames are prepared
+        copies. Returns the result (a new tensor when x fits in one slab).
+        """
+        batch, channels, frames, height, width = x.shape
+        history = self.history
+        step = max(1, SLAB_ELEMENTS // max(x[:, :, :1].numel(), batch * self.conv.out_channels * height * width))
+        buffer = empty_video((batch, channels, history + min(step, frames), height, width), x)
+        buffer[:, :, :history].zero_()
+        if step >= frames:
+            buffer[:, :, history:] = x if prepare is None else prepare(x)
+            return self.forward_padded(buffer)
+        out = x if inplace else empty_video((batch, self.conv.out_channels, frames, height, width), x)
+        for start in range(0, frames, step):
+            count = min(frames, start + step) - start
+            window = buffer[:, :, :history + count]
+            window[:, :, history:] = x[:, :, start:start + count] if prepare is None else prepare(x[:, :, start:start + count])
+            out[:, :, start:start + count] = self.forward_padded(window)
+            tail = window[:, :, count:count + history]
+            buffer[:, :, :history] = tail.clone() if count < history else tail
+        return out
 
 
-def normalized_conv_input(norm, x, history, silu=True):
-    """GroupNorm(+SiLU) of ``x`` written into a zero-history buffer: the padded input of a causal conv."""
-    buffer, body = zero_history(x.shape, history, x)
-    per_frame(lambda s: frame_group_norm(norm, s, silu), x, body)
-    return buffer
+def group_norm_silu(norm, silu=True):
+    """The per-frame function GroupNorm(+SiLU) with ``norm``, for :meth:`CausalConv3d.stream` / :func:`per_frame`."""
+    return lambda frames: frame_group_norm(norm, frames, silu)
 
 
 class ResnetBlock3D(nn.Module):
@@ -179,14 +193,11 @@ class ResnetBlock3D(nn.Module):
                                              device=device, dtype=dtype)
 
     def forward(self, x):
-        h = self.conv1.forward_padded(normalized_conv_input(self.norm1, x, self.conv1.history))
-        buffer = normalized_conv_input(self.norm2, h, self.conv2.history)
-        del h
-        out = self.conv2.forward_padded(buffer)
-        del buffer
+        h = self.conv1.stream(x, group_norm_silu(self.norm1))
+        h = self.conv2.stream(h, group_norm_silu(self.norm2), inplace=True)
         if hasattr(self, "nin_shortcut"):
-            return per_frame(self.nin_shortcut, x, out, add=True)
-        return out.add_(x)
+            return per_frame(self.nin_shortcut, x, h, add=True)
+        return h.add_(x)
 
 
 class AttentionBlock3D(nn.Module):
@@ -204,7 +215,7 @@ class AttentionBlock3D(nn.Module):
 
     def forward(self, x):
         batch, channels, frames, height, width = x.shape
-        normed = per_frame(lambda s: frame_group_norm(self.norm, s, silu=False), x, empty_video(x.shape, x))
+        normed = per_frame(group_norm_silu(self.norm, silu=False), x, empty_video(x.shape, x))
 
         def tokens(projection):  # (B, C, T, H, W) channels-last -> (B, 1, T*H*W, C), a view
             return projection(normed).permute(0, 2, 3, 4, 1).reshape(batch, 1, frames * height * width, channels)
@@ -250,59 +261,80 @@ class Downsample3D(nn.Module):
 # A 3-tap conv over a nearest-x2 up-sampled axis sees, at each output position, only two distinct
 # input samples: output 2i + q of a centred (zero-padded) axis reads input i-1, i (q = 0) or i, i+1
 # (q = 1); output 2t + p of a causal time axis reads input frames t-1, t for both phases. So the conv
-# of the up-sampled tensor equals, per output phase, a 2-tap conv of the small tensor with summed
+# of the up-sampled tensor equals, per output phase, a 2-tap conv of the small tensor with merged
 # taps: 8 instead of 27 taps per output in 3-D (4 instead of 9 in 2-D), and the up-sampled tensor
-# is never built. Results equal the official up-sample-then-conv up to float summation order.
+# is never built. A 2-tap conv with padding 1 gives n + 1 outputs per spatial axis; phase q keeps
+# outputs [q, q + n). Results equal the official up-sample-then-conv up to float summation order.
 
-_FIRST_ALONE = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0))  # 2 taps: k0, k1 + k2
-_LAST_ALONE = ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))  # 2 taps: k0 + k1, k2
-CENTRED_PHASES = ((_FIRST_ALONE, 0), (_LAST_ALONE, 1))  # (tap sums, start in the 1-padded input) per phase
-CAUSAL_PHASES = (_LAST_ALONE, _FIRST_ALONE)  # both phases read input frames t-1, t
-
-
-def phase_kernel(weight, *tap_sums):
-    """``weight`` (Co, C, 3, ...) with each 3-tap axis summed into 2 taps by a (2, 3) matrix (float32 sums)."""
-    kernel = weight.float()
-    for axis, sums in enumerate(tap_sums):
-        kernel = torch.tensordot(kernel, torch.tensor(sums, device=weight.device), dims=([2 + axis], [1]))
-        kernel = kernel.movedim(-1, 2 + axis)
-    return kernel.to(weight.dtype)
+FIRST_ALONE = ((0,), (1, 2))  # the 3 kernel taps merged into 2: k0 | k1 + k2
+LAST_ALONE = ((0, 1), (2,))  # k0 + k1 | k2
+CENTRED_PHASES = (FIRST_ALONE, LAST_ALONE)  # spatial output phase q = 0, 1
+CAUSAL_PHASES = (LAST_ALONE, FIRST_ALONE)  # time output phase p = 0, 1 (both read frames t-1, t)
 
 
-def conv2d_of_nearest_2x(frames, weight, bias):
-    """conv2d(nearest_x2(frames), weight 3x3, padding 1) without building nearest_x2: (n, C, H, W) -> (n, Co, 2H, 2W)."""
+def merge_taps(kernel, axis, groups):
+    """``kernel`` with its 3 taps along ``axis`` merged into len(groups) taps (sums of the grouped taps)."""
+    taps = kernel.unbind(axis)
+    return torch.stack([sum(taps[i] for i in group) for group in groups], dim=axis)
+
+
+def spatial_phases(weight, time_phases=()):
+    """[(row phase, col phase, kernel)] for the four spatial output phases of a 3x3 (x3) ``weight``.
+
+    With ``time_phases`` (3-D) each kernel stacks one 2x2x2 kernel per time phase on the output
+    channels. Taps are summed in float32.
+    """
+    kernel, first_spatial_axis, layout = weight.float(), 2, torch.channels_last
+    if time_phases:
+        kernel = torch.cat([merge_taps(kernel, 2, groups) for groups in time_phases])
+        first_spatial_axis, layout = 3, CL3D
+    phases = []
+    for row_phase, row_groups in enumerate(CENTRED_PHASES):
+        rows = merge_taps(kernel, first_spatial_axis, row_groups)
+        for col_phase, col_groups in enumerate(CENTRED_PHASES):
+            merged = merge_taps(rows, first_spatial_axis + 1, col_groups)
+            phases.append((row_phase, col_phase, merged.to(weight.dtype).contiguous(memory_format=layout)))
+    return phases
+
+
+def conv2d_of_nearest_2x(frames, phases, bias):
+    """conv2d(nearest_x2(frames), 3x3 weight, padding 1) without building nearest_x2: (n, C, H, W) -> (n, Co, 2H, 2W).
+
+    ``phases``: ``spatial_phases(weight)``.
+    """
     count, _, height, width = frames.shape
-    padded = F.pad(frames, (1, 1, 1, 1))
-    out = torch.empty((count, weight.shape[0], 2 * height, 2 * width), device=frames.device, dtype=frames.dtype,
-                      memory_format=torch.channels_last)
-    for row_phase, (row_sums, row_start) in enumerate(CENTRED_PHASES):
-        for col_phase, (col_sums, col_start) in enumerate(CENTRED_PHASES):
-            kernel = phase_kernel(weight, row_sums, col_sums).contiguous(memory_format=torch.channels_last)
-            window = padded[:, :, row_start:row_start + height + 1, col_start:col_start + width + 1]
-            out[:, :, row_phase::2, col_phase::2] = F.conv2d(window, kernel, bias)
+    out = torch.empty((count, phases[0][2].shape[0], 2 * height, 2 * width), device=frames.device,
+                      dtype=frames.dtype, memory_format=torch.channels_last)
+    for row_phase, col_phase, kernel in phases:
+        part = F.conv2d(frames, kernel, bias, padding=1)
+        out[:, :, row_phase::2, col_phase::2] = part[:, :, row_phase:row_phase + height, col_phase:col_phase + width]
     return out
 
 
 def causal_conv3d_of_nearest_2x(x, weight, bias):
     """Causal 3x3x3 conv (space padding 1) of nearest_x2(x) in (t, h, w), without building it.
 
-    (B, C, T, H, W) -> (B, Co, 2T, 2H, 2W). Both time phases share an input window, so each of the
-    four spatial phases is one conv with 2*Co outputs.
+    (B, C, T, H, W) -> (B, Co, 2T, 2H, 2W), over time slabs of x, each preceded by the frame before
+    it (zeros before the first). Both time phases read the same frames, so each of the four
+    spatial phases is one conv with 2*Co outputs.
     """
     batch, channels, frames, height, width = x.shape
     out_channels = weight.shape[0]
-    padded, body = zero_history((batch, channels, frames, height + 2, width + 2), 1, x)
-    body.zero_()
-    body[:, :, :, 1:-1, 1:-1] = x
-    out = empty_video((batch, out_channels, 2 * frames, 2 * height, 2 * width), x)
+    phases = spatial_phases(weight, CAUSAL_PHASES)
     both_biases = None if bias is None else bias.repeat(2)
-    for row_phase, (row_sums, row_start) in enumerate(CENTRED_PHASES):
-        for col_phase, (col_sums, col_start) in enumerate(CENTRED_PHASES):
-            kernel = torch.cat([phase_kernel(weight, time_sums, row_sums, col_sums) for time_sums in CAUSAL_PHASES])
-            window = padded[:, :, :, row_start:row_start + height + 1, col_start:col_start + width + 1]
-            both = F.conv3d(window, channels_last(kernel), both_biases)
+    out = empty_video((batch, out_channels, 2 * frames, 2 * height, 2 * width), x)
+    step = max(1, SLAB_ELEMENTS // max(1, out[:, :, :2].numel()))
+    previous = torch.zeros_like(x[:, :, :1])
+    for start in range(0, frames, step):
+        stop = min(frames, start + step)
+        window = channels_last(torch.cat([previous, x[:, :, start:stop]], dim=2))
+        previous = x[:, :, stop - 1:stop]
+        target = out[:, :, 2 * start:2 * stop]
+        for row_phase, col_phase, kernel in phases:
+            both = F.conv3d(window, kernel, both_biases, padding=(0, 1, 1))
+            both = both[:, :, :, row_phase:row_phase + height, col_phase:col_phase + width]
             for time_phase in range(2):
-                out[:, :, time_phase::2, row_phase::2, col_phase::2] = \
+                target[:, :, time_phase::2, row_phase::2, col_phase::2] = \
                     both[:, time_phase * out_channels:(time_phase + 1) * out_channels]
             del both
     return out
@@ -325,10 +357,10 @@ class Upsample2D(nn.Module):
 
     def forward(self, x):
         batch, channels, frames, height, width = x.shape
-        weight, bias = cast_to(self.conv.weight, x), cast_to(self.conv.bias, x)
+        phases, bias = spatial_phases(cast_to(self.conv.weight, x)), cast_to(self.conv.bias, x)
 
         def upsample(s):
-            return from_frames(conv2d_of_nearest_2x(as_frames(s), weight, bias), batch)
+            return from_frames(conv2d_of_nearest_2x(as_frames(s), phases, bias), batch)
 
         return per_frame(upsample, x, empty_video((batch, channels, frames, 2 * height, 2 * width), x))
 
@@ -351,11 +383,8 @@ class Res3DBlockUpsample(nn.Module):
     def forward(self, x):
         conv1 = self.conv1.conv
         h = causal_conv3d_of_nearest_2x(x, cast_to(conv1.weight, x), cast_to(conv1.bias, x))
-        buffer = normalized_conv_input(self.norm1, h, self.conv2.history)
-        del h
-        h = self.conv2.forward_padded(buffer)
-        del buffer
-        per_frame(lambda s: frame_group_norm(self.norm2, s, silu=False), h, h)
+        h = self.conv2.stream(h, group_norm_silu(self.norm1), inplace=True)
+        per_frame(group_norm_silu(self.norm2, silu=False), h, h)
         return add_nearest_2x_(F.silu(add_nearest_2x_(h, x), inplace=True), x)
 
 
