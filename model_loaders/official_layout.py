@@ -18,8 +18,10 @@ import os
 import torch
 from safetensors.torch import save_file
 
+from .vae_loader import V2_FILE, module_to_file_key
+
 TRANSFORMER_DIR = "transformer"
-VAE_FILE = os.path.join("vae", "vae_v2.safetensors")
+VAE_FILE = os.path.join("vae", V2_FILE)
 STEP_LLM_DIR = "step_llm"
 CLIP_DIR = "hunyuan_clip"
 STEP_TOKENIZER_FILE = "step1_chat_tokenizer.model"
@@ -75,15 +77,11 @@ def save_transformer(state_dict, root, config, shards=2):
                         config=dit_hub_config(config))
 
 
-def vae_file_state_dict(module_state_dict):
-    """Module keys -> file keys of vae_v2.safetensors (``decoder.conv_out.conv.*`` -> ``decoder.conv_out.*``)."""
-    return {k.replace("decoder.conv_out.conv.", "decoder.conv_out."): v for k, v in module_state_dict.items()}
-
-
 def save_vae(module_state_dict, root):
+    """``vae/vae_v2.safetensors`` under ``root``, with the official file key names."""
     path = os.path.join(root, VAE_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in vae_file_state_dict(module_state_dict).items()}, path)
+    save_file({module_to_file_key(k): v.contiguous() for k, v in module_state_dict.items()}, path)
     return path
 
 
