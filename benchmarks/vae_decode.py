@@ -100,7 +100,9 @@ def official_decoder(checkout, config, dtype):
 
 
 def run_child(args):
-    """One decode in this process -> {"seconds", "base_bytes", "peak_bytes"}; output saved if asked."""
+    """One decode in this process -> {"seconds", "cpu_seconds", "base_bytes", "peak_bytes"}; output saved if asked."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = VAEDecoderConfig()
     dtype = DTYPES[args.dtype]
     if args.child == "official":
@@ -130,7 +132,7 @@ def child_command(args, variant, save):
     return [sys.executable, os.path.abspath(__file__), "--child", variant, "--official", str(args.official),
             "--height", str(args.height), "--width", str(args.width), "--latent-frames", str(args.latent_frames),
             "--tile-px", str(args.tile_px), "--overlap-px", str(args.overlap_px), "--dtype", args.dtype,
-            "--save", save or ""]
+            "--threads", str(args.threads), "--save", save or ""]
 
 
 def main():
@@ -144,6 +146,7 @@ def main():
     parser.add_argument("--tile-px", type=int, default=128)
     parser.add_argument("--overlap-px", type=int, default=32)
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,7 +162,7 @@ def main():
     frames = VAEConfig().decoded_frames(args.latent_frames)
     print(f"decode (1, {args.latent_frames}, 64, {args.height // 16}, {args.width // 16}) -> {frames} frames "
           f"{args.height}x{args.width}, released decoder width, {args.dtype}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; tiles {args.tile_px} px, "
+          f"{args.threads or torch.get_num_threads()} threads, {os.cpu_count()} CPUs; tiles {args.tile_px} px, "
           f"overlap {args.overlap_px} px")
     results = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as folder:
@@ -190,6 +193,12 @@ def main():
               f"{median(reference, 'cpu_seconds') / median(variant, 'cpu_seconds'):.2f}x | "
               f"{peak(variant) / 2**30:.2f} ({peak(variant) / peak(reference):.2f}) | "
               f"{peak(variant, True) / 2**30:.2f} ({peak(variant, True) / peak(reference, True):.2f}) | {diff:.2e} |")
+    if "tiled" in variants and "ours" in variants:
+        diff = (videos["tiled"].double() - videos["ours"].double()).abs()
+        print(f"\ntiled vs ours (untiled): peak RSS {peak('tiled') / peak('ours'):.2f}x, peak above weights+input "
+              f"{peak('tiled', True) / peak('ours', True):.2f}x, time {median('tiled', 'seconds') / median('ours', 'seconds'):.2f}x; "
+              f"max abs diff {diff.max().item():.3e}, mean abs diff {diff.mean().item():.3e} "
+              f"(mean |video| {videos['ours'].abs().mean().item():.3f})")
 
 
 if __name__ == "__main__":

@@ -248,10 +248,14 @@ class VideoDecoder(nn.Module):
         h = self.conv_unpatchify(h).add_(shortcut)
         del shortcut
         h = run_mid(self.mid, h)
+        pending_upsample = None  # a 2-D up-sampling is fused into the next Resnet (never built whole)
         for stage in reversed(self.up):
             for block in stage.block:
-                h = block(h)
-            if hasattr(stage, "upsample"):
+                h = block(h, pending_upsample)
+                pending_upsample = None
+            if isinstance(getattr(stage, "upsample", None), Upsample2D):
+                pending_upsample = stage.upsample
+            elif hasattr(stage, "upsample"):
                 h = stage.upsample(h)
         return self.conv_out.stream(h, group_norm_silu(self.norm_out))[:, :, self.config.temporal_downsample - 1:]
 

@@ -142,19 +142,21 @@ class CausalConv3d(nn.Module):
             return self.stream(x)
         return self.forward_padded(channels_last(F.pad(x, (0, 0, 0, 0, self.history, 0))))
 
-    def stream(self, x, prepare=None, inplace=False):
-        """conv(zero history + prepare(x)) over time slabs, for stride 1: (B, C, T, H, W) -> (B, C', T, H, W).
+    def stream(self, x, prepare=None, inplace=False, scale=1):
+        """conv(zero history + prepare(x)) over time slabs, for stride 1: (B, C, T, H, W) -> (B, C', T, sH, sW).
 
-        ``prepare`` is a per-frame function applied to x first (GroupNorm + SiLU); the prepared
-        input only ever exists one slab (plus ``history`` carried frames) at a time, in one reused
-        buffer. ``inplace`` (when C' == C) writes the result over x where x spans several slabs:
-        each slab is prepared before its output overwrites it, and the carried frames are prepared
-        copies. Returns the result (a new tensor when x fits in one slab).
+        ``prepare`` is a per-frame function applied to x first (GroupNorm + SiLU, possibly after a
+        x``scale`` spatial up-sampling); the prepared input only ever exists one slab (plus
+        ``history`` carried frames) at a time, in one reused buffer. ``inplace`` (same shape in and
+        out) writes the result over x where x spans several slabs: each slab is prepared before
+        its output overwrites it, and the carried frames are prepared copies. Returns the result
+        (a new tensor when x fits in one slab).
         """
-        batch, channels, frames, height, width = x.shape
-        history = self.history
-        step = max(1, SLAB_ELEMENTS // max(x[:, :, :1].numel(), batch * self.conv.out_channels * height * width))
-        buffer = empty_video((batch, channels, history + min(step, frames), height, width), x)
+        batch, _, frames, height, width = x.shape
+        history, height, width = self.history, scale * height, scale * width
+        frame = batch * max(self.conv.in_channels, self.conv.out_channels) * height * width
+        step = max(1, SLAB_ELEMENTS // max(x[:, :, :1].numel(), frame))
+        buffer = empty_video((batch, self.conv.in_channels, history + min(step, frames), height, width), x)
         buffer[:, :, :history].zero_()
         if step >= frames:
             buffer[:, :, history:] = x if prepare is None else prepare(x)
@@ -163,11 +165,16 @@ class CausalConv3d(nn.Module):
         for start in range(0, frames, step):
             count = min(frames, start + step) - start
             window = buffer[:, :, :history + count]
-            window[:, :, history:] = x[:, :, start:start + count] if prepare is None else prepare(x[:, :, start:start + count])
+            slab = x[:, :, start:start + count]
+            window[:, :, history:] = slab if prepare is None else prepare(slab)
             out[:, :, start:start + count] = self.forward_padded(window)
             tail = window[:, :, count:count + history]
             buffer[:, :, :history] = tail.clone() if count < history else tail
         return out
+
+
+def identity(x):
+    return x
 
 
 def group_norm_silu(norm, silu=True):
@@ -180,6 +187,10 @@ class ResnetBlock3D(nn.Module):
 
     The shortcut is a 1x1x1 conv (``nin_shortcut``) when the width changes. No time embedding.
     (B, C_in, T, H, W) -> (B, C_out, T, H, W).
+
+    ``upsample``: an :class:`Upsample2D` whose output is the block's real input x. It is then
+    applied slab by slab where x is read (twice: for conv1 and for the shortcut), so the large x
+    is never held whole: (B, C_in, T, H/2, W/2) -> (B, C_out, T, H, W).
     """
 
     def __init__(self, in_channels, out_channels, operations=nn, device=None, dtype=None):
@@ -192,12 +203,15 @@ class ResnetBlock3D(nn.Module):
             self.nin_shortcut = CausalConv3d(in_channels, out_channels, 1, operations=operations,
                                              device=device, dtype=dtype)
 
-    def forward(self, x):
-        h = self.conv1.stream(x, group_norm_silu(self.norm1))
+    def forward(self, x, upsample=None):
+        expand = upsample or identity
+        h = self.conv1.stream(x, lambda s: frame_group_norm(self.norm1, expand(s), silu=True),
+                              scale=1 if upsample is None else 2)
         h = self.conv2.stream(h, group_norm_silu(self.norm2), inplace=True)
-        if hasattr(self, "nin_shortcut"):
-            return per_frame(self.nin_shortcut, x, h, add=True)
-        return h.add_(x)
+        if upsample is None and not hasattr(self, "nin_shortcut"):
+            return h.add_(x)
+        shortcut = getattr(self, "nin_shortcut", identity)
+        return per_frame(lambda s: shortcut(expand(s)), x, h, add=True)
 
 
 class AttentionBlock3D(nn.Module):
@@ -270,43 +284,44 @@ FIRST_ALONE = ((0,), (1, 2))  # the 3 kernel taps merged into 2: k0 | k1 + k2
 LAST_ALONE = ((0, 1), (2,))  # k0 + k1 | k2
 CENTRED_PHASES = (FIRST_ALONE, LAST_ALONE)  # spatial output phase q = 0, 1
 CAUSAL_PHASES = (LAST_ALONE, FIRST_ALONE)  # time output phase p = 0, 1 (both read frames t-1, t)
+SPATIAL_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row phase, col phase)
 
 
-def merge_taps(kernel, axis, groups):
-    """``kernel`` with its 3 taps along ``axis`` merged into len(groups) taps (sums of the grouped taps)."""
-    taps = kernel.unbind(axis)
-    return torch.stack([sum(taps[i] for i in group) for group in groups], dim=axis)
+def tap_selector(groups):
+    """(2, 3) 0/1 matrix: merged tap a is the sum of the kernel taps in groups[a]."""
+    selector = torch.zeros(2, 3)
+    for tap, group in enumerate(groups):
+        selector[tap, list(group)] = 1.0
+    return selector
 
 
-def spatial_phases(weight, time_phases=()):
-    """[(row phase, col phase, kernel)] for the four spatial output phases of a 3x3 (x3) ``weight``.
+def nearest_2x_kernel(weight, row_phase, col_phase):
+    """Merged kernel of one spatial output phase, channels-last, from a 3x3 (2-D) or 3x3x3 (3-D) weight.
 
-    With ``time_phases`` (3-D) each kernel stacks one 2x2x2 kernel per time phase on the output
-    channels. Taps are summed in float32.
+    2-D: (Co, C, 2, 2). 3-D: both time phases, output channel 2*o + p: (2*Co, C, 2, 2, 2). Taps are
+    summed in float32 by one small matmul over the channels-last weight, one phase at a time.
     """
-    kernel, first_spatial_axis, layout = weight.float(), 2, torch.channels_last
-    if time_phases:
-        kernel = torch.cat([merge_taps(kernel, 2, groups) for groups in time_phases])
-        first_spatial_axis, layout = 3, CL3D
-    phases = []
-    for row_phase, row_groups in enumerate(CENTRED_PHASES):
-        rows = merge_taps(kernel, first_spatial_axis, row_groups)
-        for col_phase, col_groups in enumerate(CENTRED_PHASES):
-            merged = merge_taps(rows, first_spatial_axis + 1, col_groups)
-            phases.append((row_phase, col_phase, merged.to(weight.dtype).contiguous(memory_format=layout)))
-    return phases
+    rows, cols = tap_selector(CENTRED_PHASES[row_phase]), tap_selector(CENTRED_PHASES[col_phase])
+    out_channels, in_channels = weight.shape[:2]
+    if weight.dim() == 5:
+        times = torch.stack([tap_selector(groups) for groups in CAUSAL_PHASES])
+        merge = torch.einsum("pai,bj,ck->pabcijk", times, rows, cols).reshape(16, 27)
+    else:
+        merge = torch.einsum("bj,ck->bcjk", rows, cols).reshape(4, 9)
+    taps = weight.float().movedim(1, -1).reshape(out_channels, -1, in_channels)  # (Co, 3^n, C)
+    merged = torch.matmul(merge.to(weight.device), taps).to(weight.dtype)  # (Co, merged taps, C)
+    if weight.dim() == 5:
+        return merged.view(2 * out_channels, 2, 2, 2, in_channels).permute(0, 4, 1, 2, 3)
+    return merged.view(out_channels, 2, 2, in_channels).permute(0, 3, 1, 2)
 
 
-def conv2d_of_nearest_2x(frames, phases, bias):
-    """conv2d(nearest_x2(frames), 3x3 weight, padding 1) without building nearest_x2: (n, C, H, W) -> (n, Co, 2H, 2W).
-
-    ``phases``: ``spatial_phases(weight)``.
-    """
+def conv2d_of_nearest_2x(frames, weight, bias):
+    """conv2d(nearest_x2(frames), 3x3 weight, padding 1) without building nearest_x2: (n, C, H, W) -> (n, Co, 2H, 2W)."""
     count, _, height, width = frames.shape
-    out = torch.empty((count, phases[0][2].shape[0], 2 * height, 2 * width), device=frames.device,
+    out = torch.empty((count, weight.shape[0], 2 * height, 2 * width), device=frames.device,
                       dtype=frames.dtype, memory_format=torch.channels_last)
-    for row_phase, col_phase, kernel in phases:
-        part = F.conv2d(frames, kernel, bias, padding=1)
+    for row_phase, col_phase in SPATIAL_PHASES:
+        part = F.conv2d(frames, nearest_2x_kernel(weight, row_phase, col_phase), bias, padding=1)
         out[:, :, row_phase::2, col_phase::2] = part[:, :, row_phase:row_phase + height, col_phase:col_phase + width]
     return out
 
@@ -319,10 +334,8 @@ def causal_conv3d_of_nearest_2x(x, weight, bias):
     spatial phases is one conv with 2*Co outputs.
     """
     batch, channels, frames, height, width = x.shape
-    out_channels = weight.shape[0]
-    phases = spatial_phases(weight, CAUSAL_PHASES)
-    both_biases = None if bias is None else bias.repeat(2)
-    out = empty_video((batch, out_channels, 2 * frames, 2 * height, 2 * width), x)
+    both_biases = None if bias is None else bias.repeat_interleave(2)
+    out = empty_video((batch, weight.shape[0], 2 * frames, 2 * height, 2 * width), x)
     step = max(1, SLAB_ELEMENTS // max(1, out[:, :, :2].numel()))
     previous = torch.zeros_like(x[:, :, :1])
     for start in range(0, frames, step):
@@ -330,12 +343,11 @@ def causal_conv3d_of_nearest_2x(x, weight, bias):
         window = channels_last(torch.cat([previous, x[:, :, start:stop]], dim=2))
         previous = x[:, :, stop - 1:stop]
         target = out[:, :, 2 * start:2 * stop]
-        for row_phase, col_phase, kernel in phases:
-            both = F.conv3d(window, kernel, both_biases, padding=(0, 1, 1))
+        for row_phase, col_phase in SPATIAL_PHASES:
+            both = F.conv3d(window, nearest_2x_kernel(weight, row_phase, col_phase), both_biases, padding=(0, 1, 1))
             both = both[:, :, :, row_phase:row_phase + height, col_phase:col_phase + width]
             for time_phase in range(2):
-                target[:, :, time_phase::2, row_phase::2, col_phase::2] = \
-                    both[:, time_phase * out_channels:(time_phase + 1) * out_channels]
+                target[:, :, time_phase::2, row_phase::2, col_phase::2] = both[:, time_phase::2]
             del both
     return out
 
@@ -349,20 +361,19 @@ def add_nearest_2x_(fine, coarse):
 
 
 class Upsample2D(nn.Module):
-    """Per frame: nearest x2 in space, then a 3x3 conv. (B, C, T, H, W) -> (B, C, T, 2H, 2W)."""
+    """Per frame: nearest x2 in space, then a 3x3 conv. (B, C, T, H, W) -> (B, C, T, 2H, 2W).
+
+    Frames are independent, so the decoder applies it slab by slab inside the next Resnet
+    (``ResnetBlock3D(upsample=...)``) instead of building its 4x larger output.
+    """
 
     def __init__(self, channels, operations=nn, device=None, dtype=None):
         super().__init__()
         self.conv = operations.Conv2d(channels, channels, 3, padding=1, device=device, dtype=dtype)
 
     def forward(self, x):
-        batch, channels, frames, height, width = x.shape
-        phases, bias = spatial_phases(cast_to(self.conv.weight, x)), cast_to(self.conv.bias, x)
-
-        def upsample(s):
-            return from_frames(conv2d_of_nearest_2x(as_frames(s), phases, bias), batch)
-
-        return per_frame(upsample, x, empty_video((batch, channels, frames, 2 * height, 2 * width), x))
+        weight, bias = cast_to(self.conv.weight, x), cast_to(self.conv.bias, x)
+        return from_frames(conv2d_of_nearest_2x(as_frames(x), weight, bias), x.shape[0])
 
 
 class Res3DBlockUpsample(nn.Module):

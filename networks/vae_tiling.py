@@ -9,13 +9,13 @@ normalised by their sum, which hides the seams. In exchange the peak memory is s
 Tiles are planned on the latent grid (units of 16 pixels), so pixel tiles and latent tiles line up
 exactly for both directions.
 
-Memory model (decode, one chunk of 3 latents, released widths, activations only): the peak is
-reached in the first Resnet of the finest level, which holds its input and the normalised copy of
-it (``widths[1]`` channels each) plus its conv output (``widths[0]``), for all 8 * 3 - 4 = 20
-internal frames: (2 * 256 + 128) * 20 = 12 800 values per output pixel, 51 KB in float32, 26 KB in
-bfloat16. ``DECODE_MARGIN`` covers slab temporaries, convolution workspace and allocator slack
-(calibrated on CPU with benchmarks/vae_decode.py). Encoding peaks in the full-resolution Resnets:
-3 * widths[0] channels for 17 frames.
+Memory model (activations only, one chunk): convolutions stream over time slabs (vae_blocks.py),
+so decoding peaks in the first Resnet of the finest level, which holds its input (``widths[1]``
+channels, from the 2-D up-sampling) and its output (``widths[0]``) for all 2^k (2*3 - 1) = 20
+internal frames: (256 + 128) * 20 = 7 680 values per output pixel for the released decoder, 30 KB
+in float32, 15 KB in bfloat16. Encoding peaks in the full-resolution Resnets: input and output,
+2 * widths[0] channels, for 17 frames. The margins cover slab temporaries, convolution workspace
+and allocator slack (calibrated on CPU with benchmarks/vae_decode.py).
 """
 
 import math
@@ -24,8 +24,8 @@ import os
 import torch
 
 DEFAULT_OVERLAP_PX = 64
-DECODE_MARGIN = 1.25
-ENCODE_MARGIN = 1.25
+DECODE_MARGIN = 1.3
+ENCODE_MARGIN = 1.3
 FREE_MEMORY_SHARE = 0.8  # of the free memory, what a tile may use (the rest: weights in flight, fragmentation)
 
 
@@ -115,12 +115,12 @@ def decode_bytes_per_px(decoder_config, element_size, latent_frames=3):
     widths = decoder_config.widths
     finest_input = widths[1] if len(widths) > 1 else widths[0]
     frames = 2 ** len(decoder_config.temporal_up_layers) * (2 * latent_frames - 1)
-    return DECODE_MARGIN * (2 * finest_input + widths[0]) * frames * element_size
+    return DECODE_MARGIN * (finest_input + widths[0]) * frames * element_size
 
 
 def encode_bytes_per_px(encoder_config, element_size, frames=17):
     """Peak activation bytes per input pixel when encoding one chunk of ``frames`` frames."""
-    return ENCODE_MARGIN * 3 * encoder_config.widths[0] * frames * element_size
+    return ENCODE_MARGIN * 2 * encoder_config.widths[0] * frames * element_size
 
 
 def auto_tile_px(free_bytes, bytes_per_px, height, width, factor=16, min_px=128):
