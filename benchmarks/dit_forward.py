@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """DiT forward: our StepVideoDiT vs the official StepVideoModel, same weights and inputs, one process.
 
-    python benchmarks/dit_forward.py [--official PATH] [--repeats 5]
+    python benchmarks/dit_forward.py [--official PATH] [--repeats 5] [--threads N]
 
 Interleaves the two implementations (warm-up, then ``repeats`` timed calls each), prints median
 seconds per forward, the ratio official/ours and the max abs difference of the outputs.
@@ -56,7 +56,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", default=default_checkout())
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     have_official = official_available(args.official)
     if not have_official:

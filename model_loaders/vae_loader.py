@@ -74,7 +74,8 @@ def detect_vae_config(weights) -> VAEConfig:
     encoder = VAEEncoderConfig(
         ch=ch, ch_mult=tuple(w // ch for w in widths), z_channels=z,
         num_res_blocks=level_count(weights, "encoder.down.0.block."),
-        down_sampling_layer=tuple(i for i in range(levels) if f"encoder.down.{i}.downsample.conv.conv.weight" in weights),
+        down_sampling_layer=tuple(i for i in range(levels)
+                                  if f"encoder.down.{i}.downsample.conv.conv.weight" in weights),
         double_z=shape("encoder.conv_out.conv.weight")[0] == 2 * z)
     check_widths(source, "encoder", [ch] + widths, ch)
 

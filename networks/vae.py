@@ -318,8 +318,9 @@ class VideoVAE(nn.Module):
                            resolve_tile_px(tile_px, "encode", self, height, width), overlap_px, factor)
         progress = Progress(len(spans) * len(tiles), on_progress)
         out_channels = self.encoder.conv_out.conv.out_channels
-        moments = torch.empty((batch, self.config.encoded_frames(frames), out_channels, height // factor, width // factor),
-                              dtype=self.dtype, device=output_device or video.device)
+        moments = torch.empty(
+            (batch, self.config.encoded_frames(frames), out_channels, height // factor, width // factor),
+            dtype=self.dtype, device=output_device or video.device)
         latent_start = 0
         for start, stop in spans:
             chunk = channels_last(video[:, start:stop].to(device=self.device, dtype=self.dtype).transpose(1, 2))
@@ -361,8 +362,8 @@ class VideoVAE(nn.Module):
         """
         batch, frames, channels, height, width = latent.shape
         if channels != self.config.decoder.z_channels:
-            raise ValueError(f"latents have {channels} channels but this VAE expects "
-                             f"{self.config.decoder.z_channels} (layout (B, T, C, H, W)); got shape {list(latent.shape)}.")
+            raise ValueError(f"latents have {channels} channels but this VAE expects {self.config.decoder.z_channels} "
+                             f"(layout (B, T, C, H, W)); got shape {list(latent.shape)}.")
         factor = self.config.spatial_factor
         spans = chunk_spans(frames, self.config.latent_len)
         tiles = plan_tiles(height, width, resolve_tile_px(tile_px, "decode", self, height * factor, width * factor),

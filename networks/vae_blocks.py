@@ -316,7 +316,7 @@ def nearest_2x_kernel(weight, row_phase, col_phase):
 
 
 def conv2d_of_nearest_2x(frames, weight, bias):
-    """conv2d(nearest_x2(frames), 3x3 weight, padding 1) without building nearest_x2: (n, C, H, W) -> (n, Co, 2H, 2W)."""
+    """conv2d(nearest_x2(frames), 3x3 weight, padding 1), nearest_x2 never built: (n, C, H, W) -> (n, Co, 2H, 2W)."""
     count, _, height, width = frames.shape
     out = torch.empty((count, weight.shape[0], 2 * height, 2 * width), device=frames.device,
                       dtype=frames.dtype, memory_format=torch.channels_last)

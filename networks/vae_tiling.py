@@ -9,13 +9,14 @@ normalised by their sum, which hides the seams. In exchange the peak memory is s
 Tiles are planned on the latent grid (units of 16 pixels), so pixel tiles and latent tiles line up
 exactly for both directions.
 
-Memory model (activations only, one chunk): convolutions stream over time slabs (vae_blocks.py),
-so decoding peaks in the first Resnet of the finest level, which holds its input (``widths[1]``
-channels, from the 2-D up-sampling) and its output (``widths[0]``) for all 2^k (2*3 - 1) = 20
-internal frames: (256 + 128) * 20 = 7 680 values per output pixel for the released decoder, 30 KB
-in float32, 15 KB in bfloat16. Encoding peaks in the full-resolution Resnets: input and output,
-2 * widths[0] channels, for 17 frames. The margins cover slab temporaries, convolution workspace
-and allocator slack (calibrated on CPU with benchmarks/vae_decode.py).
+Memory model (activations only, one chunk): convolutions stream over time slabs and the 2-D
+up-sampling is fused into the next Resnet (vae_blocks.py), so decoding peaks in the Resnets of the
+finest level, each holding its input and its output (2 * widths[0] channels) for all
+2^k (2*3 - 1) = 20 internal frames: 2 * 128 * 20 = 5 120 values per output pixel for the released
+decoder, 20 KB in float32, 10 KB in bfloat16. Encoding peaks in the full-resolution Resnets the
+same way: 2 * widths[0] channels for 17 frames. The margins cover slab temporaries, convolution
+workspace and allocator slack; measured on CPU (benchmarks/vae_decode.py, released decoder, fp32,
+one chunk): 25.5 KB per output pixel at 256x448 untiled, 25.6 KB per tile pixel with 160 px tiles.
 """
 
 import math
@@ -112,10 +113,8 @@ def map_tiles(fn, x, grid, in_scale, out_scale, out_device, on_tile=None):
 
 def decode_bytes_per_px(decoder_config, element_size, latent_frames=3):
     """Peak activation bytes per output pixel when decoding one chunk of ``latent_frames`` (module docstring)."""
-    widths = decoder_config.widths
-    finest_input = widths[1] if len(widths) > 1 else widths[0]
     frames = 2 ** len(decoder_config.temporal_up_layers) * (2 * latent_frames - 1)
-    return DECODE_MARGIN * (finest_input + widths[0]) * frames * element_size
+    return DECODE_MARGIN * 2 * decoder_config.widths[0] * frames * element_size
 
 
 def encode_bytes_per_px(encoder_config, element_size, frames=17):
@@ -132,7 +131,7 @@ def auto_tile_px(free_bytes, bytes_per_px, height, width, factor=16, min_px=128)
     area = FREE_MEMORY_SHARE * free_bytes / bytes_per_px
     if height * width <= area:
         return None
-    short, long = sorted((height, width))
+    short = min(height, width)
     side = area / short if area / short >= short else math.sqrt(area)
     return max(min_px, int(side) // factor * factor)
 

@@ -178,7 +178,7 @@ def test_large_conv_weights_run_in_output_channel_slices(vae, monkeypatch):
 
 def test_auto_tile_size_follows_free_memory():
     per_px = decode_bytes_per_px(VAEDecoderConfig(), 2)  # released decoder, bf16
-    assert per_px == pytest.approx(1.3 * (256 + 128) * 20 * 2)
+    assert per_px == pytest.approx(1.3 * 2 * 128 * 20 * 2)
     assert auto_tile_px(64 << 30, per_px, 544, 992) is None  # whole frame fits: no tiling
     small = auto_tile_px(2 << 30, per_px, 544, 992)
     large = auto_tile_px(6 << 30, per_px, 544, 992)

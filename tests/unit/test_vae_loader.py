@@ -36,7 +36,8 @@ def test_detects_config_and_loads_strictly(tmp_path, tiny_state):
     assert detect_vae_config(open_weights(path)) == TINY
     vae = load_vae(path, dtype=torch.bfloat16)
     assert vae.dtype == torch.bfloat16 and vae.config == TINY
-    assert torch.equal(vae.decoder.conv_out.conv.weight.float(), tiny_state["decoder.conv_out.weight"].bfloat16().float())
+    stored = tiny_state["decoder.conv_out.weight"]
+    assert torch.equal(vae.decoder.conv_out.conv.weight.float(), stored.bfloat16().float())
     assert vae.decode(torch.randn(1, 3, 2, 2, 2).bfloat16()).shape == (1, 9, 3, 16, 16)  # 4x time with one 3-D level
 
 
@@ -80,8 +81,8 @@ def test_truncated_file(tmp_path, tiny_state):
 
 
 def test_dit_in_the_vae_slot(tmp_path):
-    path = write(tmp_path / "diffusion_pytorch_model.safetensors",
-                 {"transformer_blocks.0.attn1.wqkv.weight": torch.zeros(6, 2), "pos_embed.proj.weight": torch.zeros(2, 1)})
+    dit_keys = {"transformer_blocks.0.attn1.wqkv.weight": torch.zeros(6, 2), "pos_embed.proj.weight": torch.zeros(2, 1)}
+    path = write(tmp_path / "diffusion_pytorch_model.safetensors", dit_keys)
     expect_error(path, "is not a Step-Video Video-VAE", "looks like a Step-Video DiT", "vae_v2.safetensors")
 
 
