@@ -59,9 +59,11 @@ def dit_velocity(dit, cond, uncond=None, guidance=1.0, condition=None, motion_sc
 
 
 def sample(dit, cond, uncond, latent, seed=0, steps=30, guidance=9.0, shift=DEFAULT_SHIFT, denoise=1.0, mask=None,
-           condition=None, motion_score=5.0, callback=None):
-    """Sample a (B, C, T, h, w) latent with the official Euler loop; ``latent`` is the start (zeros for T2V)."""
+           condition=None, motion_score=5.0, callback=None, step_mask=None):
+    """Sample a (B, C, T, h, w) latent with the official Euler loop; ``latent`` is the start (zeros for T2V).
+
+    ``mask``/``step_mask``: known frames (``flow_euler.sample_flow_euler``)."""
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
     velocity = dit_velocity(dit, cond, uncond, guidance, condition, motion_score)
     return sample_flow_euler(velocity, noise, partial_noise_levels(steps, shift, denoise), latent=latent, mask=mask,
-                             callback=callback)
+                             callback=callback, step_mask=step_mask)

@@ -1,0 +1,42 @@
+"""Text-to-video behaviour of the shipped small model: does the clip follow the prompt?
+
+Measurements: tools/behaviour_metrics.py (128x128, 17 frames, 20 steps, CFG 5, shift 5, no magic
+suffixes), judged by the hand-written detector of tools/detectors.py. Thresholds sit below the values
+measured on the shipped weights (quoted) and far above chance.
+"""
+
+import pytest
+
+import behaviour_metrics as bm
+
+
+@pytest.fixture(scope="module")
+def following(tiny):
+    """Detector hits per language over the fixed 12-prompt set (computed once for the module)."""
+    return {language: bm.prompt_following(tiny, language) for language in ("en", "zh")}
+
+
+def test_detector_reads_vae_round_trips_of_ground_truth_clips(tiny):
+    """The detector judges everything below, so it must read ground-truth clips after a VAE round trip
+    (on the clips themselves it is right 1200/1200 times for colour, shape and action).
+    Measured on 16 clips (two of each action): colour 16, shape 16, action 16."""
+    result = bm.detector_round_trip(tiny)
+    assert result["colour"] >= 15 and result["shape"] >= 14 and result["action"] >= 14, result
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_colour_follows_the_prompt_in_both_languages(following, language):
+    """12 prompts (every colour twice), one clip each, seed = prompt index. Chance: 2/12.
+    Measured: 12/12 in English, 12/12 in Chinese."""
+    result = following[language]
+    assert result["colour"] >= 10, result
+
+
+@pytest.mark.xfail(strict=True, reason="not learnt within the CPU training budget (TRAINING.md): shape 3/12 and "
+                                       "5/12 (chance 4/12), direction 0/12 in both languages")
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_shape_and_direction_follow_the_prompt(following, language):
+    """What a better-trained model must reach: shape 7/12 and direction 6/12 (chance 4/12 and 3/12).
+    Strict xfail: the day a retrained model passes, this test fails until the marker is removed."""
+    result = following[language]
+    assert result["shape"] >= 7 and result["direction"] >= 6, result

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Behavioural measurements of the small model, shared by tests/behaviour and the report.
+
+    python tools/behaviour_metrics.py [--weights weights/stepvideo-tiny]
+
+prints every measurement as a table and writes tools/logs/behaviour.json. The model is loaded the
+way users load it (``load_dit`` in bf16, ``load_vae`` in fp32 on the CPU, ``StepVideoTextEncoder``),
+generation goes through ``samplers.pipeline.sample`` and ``samplers.modes``, and videos are judged
+by the hand-written detector of tools/detectors.py. Ground-truth clips come from dataset seed 4242,
+which training never used.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TOOLS)
+
+import pack_import  # noqa: E402,F401
+from stepvideo_pack.model_loaders.dit_loader import load_dit  # noqa: E402
+from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts  # noqa: E402
+from stepvideo_pack.model_loaders.vae_loader import load_vae  # noqa: E402
+from stepvideo_pack.samplers.modes import (extension_window, image_to_video, keyframe_window,  # noqa: E402
+                                           long_video_plan, random_cut_masks, sdedit_denoise)
+from stepvideo_pack.samplers.pipeline import sample, to_comfy, to_official  # noqa: E402
+
+import synthetic_data as sd  # noqa: E402
+from detectors import detect, shape_mask  # noqa: E402
+
+WEIGHTS = os.path.join(os.path.dirname(TOOLS), "weights", "stepvideo-tiny")
+SIZE = 128  # pixels, the model's training resolution
+STEPS, CFG, SHIFT = 20, 5.0, 5.0  # the recommended settings (TRAINING.md)
+GROUND_TRUTH_SEED = 4242
+# 12 attribute combinations: every colour twice, every shape 4 times, every direction 3 times
+PROMPT_SET = [(0, 0, "left"), (1, 1, "right"), (2, 2, "up"), (3, 0, "down"), (4, 1, "up"), (5, 2, "left"),
+              (0, 1, "down"), (1, 2, "left"), (2, 0, "right"), (3, 2, "right"), (4, 0, "down"), (5, 1, "up")]
+DIRECTIONS = ("left", "right", "up", "down")
+SDEDIT_STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+class TinyModel:
+    """The shipped model with helpers in ComfyUI's latent layout (B, C, T, h, w); frames (F, H, W, 3) in [0, 1]."""
+
+    def __init__(self, root=WEIGHTS):
+        self.dit = load_dit(os.path.join(root, "transformer"))
+        self.vae = load_vae(os.path.join(root, "vae", "vae_v2.safetensors"), dtype=torch.float32)
+        self.text = StepVideoTextEncoder(os.path.join(root, "step_llm"), os.path.join(root, "hunyuan_clip"),
+                                         keep_loaded=True)
+        self._prompts = {}
+
+    @property
+    def channels(self):
+        return self.vae.config.decoder.z_channels
+
+    def conditioning(self, prompt, magic=False):
+        key = (prompt, magic)
+        if key not in self._prompts:
+            self._prompts[key] = self.text.encode(compose_prompts(prompt, "", use_magic=magic)).split()
+        return self._prompts[key]
+
+    def sample(self, prompt, latent, seed=0, steps=STEPS, cfg=CFG, shift=SHIFT, denoise=1.0, mask=None, magic=False,
+               step_mask=None):
+        cond, uncond = self.conditioning(prompt, magic)
+        return sample(self.dit, cond, uncond, latent, seed=seed, steps=steps, guidance=cfg, shift=shift,
+                      denoise=denoise, mask=mask, step_mask=step_mask)
+
+    def text_to_video(self, prompt, seed=0, chunks=1, **options):
+        side = SIZE // 16
+        return self.sample(prompt, torch.zeros(1, self.channels, 3 * chunks, side, side), seed=seed, **options)
+
+    def decode(self, latent, **tiling):
+        video = self.vae.decode(to_official(latent).float(), **tiling)[0]
+        return ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+
+    def encode(self, frames, seed=0):
+        """The official posterior sample, drawn from a generator seeded with ``seed``."""
+        video = (torch.as_tensor(frames).permute(0, 3, 1, 2)[None] * 2 - 1).float()
+        return to_comfy(self.vae.encode(video, generator=torch.Generator().manual_seed(seed)))
+
+
+def psnr(a, b):
+    """PSNR (dB) of two images/videos in [0, 1]."""
+    mse = float(((torch.as_tensor(a).float() - torch.as_tensor(b).float()) ** 2).mean())
+    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+
+
+def ground_truth_clip(index, **attributes):
+    spec = sd.sample_clip_spec(GROUND_TRUTH_SEED, index, **attributes)
+    return spec, torch.from_numpy(sd.render_clip(spec, SIZE))
+
+
+def frame_differences(frames):
+    """Mean absolute difference of consecutive frames, (F - 1,)."""
+    return (frames[1:] - frames[:-1]).abs().flatten(1).mean(1)
+
+
+CHANGE_MIN = 2e-3  # a decoded frame that differs from the previous one by less than this is a held frame
+
+
+def join_ratio(frames, join):
+    """Difference across the join (frame join - 1 -> join) over the median of the other frame changes.
+
+    The small model's VAE holds each decoded key frame for four frames (TRAINING.md), so consecutive
+    frames are either equal or one 4-frame step of motion apart; the join is a 1-frame step for a
+    continuous clip (ratio ~0.1 on round trips of ground-truth clips) and far above 1 at a cut."""
+    diffs = frame_differences(frames)
+    steps = torch.stack([d for i, d in enumerate(diffs) if i != join - 1 and d > CHANGE_MIN])
+    return float(diffs[join - 1] / steps.median())
+
+
+def centre(frame):
+    """(x, y) centre of the shape pixels of one (H, W, 3) frame."""
+    ys, xs = np.nonzero(shape_mask(np.asarray(frame)[None])[0])
+    return np.array([xs.mean(), ys.mean()]) if len(xs) else np.array([np.nan, np.nan])
+
+
+# --- measurements ------------------------------------------------------------------------------------------
+
+def detector_round_trip(model, count=16):
+    """Detector hits (colour, shape, action) on VAE round trips of ``count`` ground-truth 17-frame clips."""
+    hits = np.zeros(3, dtype=int)
+    for index in range(count):
+        spec, clip = ground_truth_clip(index, action=sd.ACTIONS[index % len(sd.ACTIONS)])
+        found = detect(model.decode(model.encode(clip[:17], seed=index)))
+        action, colour, _ = sd.window_action(spec, (0, 17))
+        hits += [found.colour == sd.COLOUR_NAMES[colour], found.shape == spec.shape_name, found.action == action]
+    return {"colour": int(hits[0]), "shape": int(hits[1]), "action": int(hits[2]), "of": count}
+
+
+def prompt_following(model, language, magic=False):
+    """Detector hits on one 17-frame generation per PROMPT_SET prompt (seed = its index)."""
+    hits, rows = np.zeros(3, dtype=int), []
+    for seed, (colour, shape, direction) in enumerate(PROMPT_SET):
+        prompt = sd.describe(colour, shape, direction, language=language)
+        found = detect(model.decode(model.text_to_video(prompt, seed=seed, magic=magic)))
+        result = (found.colour == sd.COLOUR_NAMES[colour], found.shape == sd.SHAPE_NAMES[shape],
+                  found.action == direction)
+        hits += result
+        rows.append((prompt, found.colour, found.shape, found.action))
+    return {"colour": int(hits[0]), "shape": int(hits[1]), "direction": int(hits[2]), "of": len(PROMPT_SET),
+            "detections": rows}
+
+
+def image_to_video_fidelity(model):
+    """First-frame PSNR (generated clip vs the input image) and how many clips move as prompted."""
+    scores, reference, moved = [], [], 0
+    for index, direction in enumerate(DIRECTIONS):
+        spec, clip = ground_truth_clip(index, action=direction)
+        image = clip[:1]
+        latent = model.encode(image, seed=index)
+        samples, mask = image_to_video(latent, chunks=1)
+        video = model.decode(model.sample(sd.caption(spec, "en"), samples, seed=index, mask=mask))
+        scores.append(psnr(video[0], image[0]))
+        reference.append(psnr(model.decode(latent)[0], image[0]))
+        moved += detect(video).action == direction
+    return {"first_frame_psnr": scores, "vae_image_psnr": reference, "moved": moved, "of": len(DIRECTIONS)}
+
+
+def extension_join(model, randomized_blending=False):
+    """Forward extension by one chunk of four ground-truth 17-frame clips (one per direction, encoded, one
+    chunk known, prompted with their caption): :func:`join_ratio` at frame 17 of the 34, against the
+    same ratio for the VAE round trip of the true 34 frames; and how many extended clips still move
+    as prompted. ``randomized_blending``: a random cut over the overlap per step
+    (``modes.random_cut_masks``) instead of a fixed known overlap."""
+    ratios, truth, cuts, kept = [], [], [], 0
+    for index, direction in enumerate(DIRECTIONS):
+        spec, clip = ground_truth_clip(30 + index, action=direction)
+        prompt = sd.caption(spec, "en")
+        encoded = model.encode(clip[:17], seed=index)
+        truth.append(join_ratio(model.decode(torch.cat([encoded, model.encode(clip[17:34], seed=index)], 2)), 17))
+        window = extension_window(encoded, new_chunks=1, overlap_chunks=1)
+        step_mask = random_cut_masks(window, overlap_chunks=1, seed=index) if randomized_blending else None
+        frames = model.decode(window.join(model.sample(prompt, window.samples, seed=100 + index,
+                                                       mask=window.mask, step_mask=step_mask)))
+        ratios.append(join_ratio(frames, 17))
+        kept += detect(frames).action == direction
+        if not randomized_blending:  # a cut: the same prompt sampled without the known chunk, appended
+            unrelated = model.text_to_video(prompt, seed=100 + index)
+            cuts.append(join_ratio(model.decode(torch.cat([encoded, unrelated], 2)), 17))
+    return {"join_ratio": ratios, "ground_truth_join_ratio": truth, "cut_join_ratio": cuts,
+            "direction_kept": kept, "of": len(DIRECTIONS)}
+
+
+def long_video_drift(model, chunks=4, prompt="a blue square stays still"):
+    """Chained extension (2-chunk windows, 1 chunk overlap, as the long-video node plans it); per chunk the
+    mean RGB of the shape pixels and of the background against the first chunk (largest channel change)."""
+    plan = long_video_plan(total_chunks=chunks, window_chunks=2, overlap_chunks=1)
+    clip = model.text_to_video(prompt, seed=7, chunks=plan[0])
+    for step, new in enumerate(plan[1:]):
+        window = extension_window(clip, new_chunks=new, overlap_chunks=1)
+        clip = window.join(model.sample(prompt, window.samples, seed=200 + step, mask=window.mask))
+    frames = model.decode(clip).numpy()
+    shape_drift, background_drift, colours = [], [], []
+    first = None
+    for chunk in frames.reshape(chunks, 17, *frames.shape[1:]):
+        inside = shape_mask(chunk)
+        means = (chunk[inside].mean(0), chunk[~inside].mean(0))
+        if first is None:
+            first = means
+        shape_drift.append(float(np.abs(means[0] - first[0]).max()))
+        background_drift.append(float(np.abs(means[1] - first[1]).max()))
+        colours.append(detect(chunk).colour)
+    return {"frames": int(frames.shape[0]), "shape_drift": shape_drift, "background_drift": background_drift,
+            "colours": colours}
+
+
+def keyframe_interpolation(model):
+    """First and last frame known (one chunk + 1 frame = 18 frames): PSNR of both decoded ends against the
+    given images (end_psnr: first, last per clip), of the decoded last frame against the FIRST image
+    (what an unpinned end would resemble: the background is shared), and where the shape is at the
+    middle frame along the straight path (0 = start, 1 = end)."""
+    ends, fractions, last_vs_first = [], [], []
+    for index, direction in enumerate(DIRECTIONS):
+        spec, clip = ground_truth_clip(10 + index, action=direction)
+        first, last = clip[:1], clip[17:18]
+        window = keyframe_window(model.encode(first, seed=index), model.encode(last, seed=50 + index), chunks=1)
+        frames = model.decode(window.join(model.sample(sd.caption(spec, "en"), window.samples, seed=index,
+                                                       mask=window.mask)))
+        ends += [psnr(frames[0], first[0]), psnr(frames[-1], last[0])]
+        last_vs_first.append(psnr(frames[-1], first[0]))
+        start, end, middle = centre(frames[0]), centre(frames[-1]), centre(frames[8])
+        path = end - start
+        fractions.append(float(np.dot(middle - start, path) / np.dot(path, path)))
+    return {"end_psnr": ends, "last_frame_vs_first_image_psnr": last_vs_first, "middle_fraction": fractions}
+
+
+def sdedit_similarity(model):
+    """SDEdit of a ground-truth clip (a red shape moving right) with another prompt (blue, moving left):
+    PSNR to the input for rising strengths."""
+    spec, clip = ground_truth_clip(20, action="right", colour=0)
+    latent = model.encode(clip[:17], seed=3)
+    prompt = sd.describe(4, spec.shape, "left")
+    scores = []
+    for strength in SDEDIT_STRENGTHS:
+        edited = model.sample(prompt, latent, seed=11, denoise=sdedit_denoise(strength, SHIFT))
+        scores.append(psnr(model.decode(edited), clip[:17]))
+    return {"strengths": list(SDEDIT_STRENGTHS), "psnr": scores}
+
+
+def tiled_decode(model):
+    """A generated 34-frame clip decoded whole and in 48-pixel tiles overlapping by 32 (2 x 2 tiles)."""
+    latent = model.text_to_video("a green triangle moves up", seed=5, chunks=2)
+    return {"psnr": psnr(model.decode(latent, tile_px=48, overlap_px=32), model.decode(latent))}
+
+
+MEASUREMENTS = {
+    "detector_round_trip": detector_round_trip,
+    "prompt_following_en": lambda m: prompt_following(m, "en"),
+    "prompt_following_zh": lambda m: prompt_following(m, "zh"),
+    "image_to_video": image_to_video_fidelity,
+    "extension": extension_join,
+    "extension_randomized_blending": lambda m: extension_join(m, randomized_blending=True),
+    "long_video": long_video_drift,
+    "keyframes": keyframe_interpolation,
+    "sdedit": sdedit_similarity,
+    "tiled_decode": tiled_decode,
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=WEIGHTS)
+    parser.add_argument("--only", default=None, help="comma-separated measurement names")
+    parser.add_argument("--out", default=os.path.join(TOOLS, "logs", "behaviour.json"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    model = TinyModel(args.weights)
+    wanted = args.only.split(",") if args.only else list(MEASUREMENTS)
+    results = {}
+    for name in wanted:
+        started = time.time()
+        results[name] = MEASUREMENTS[name](model)
+        results[name]["seconds"] = round(time.time() - started, 1)
+        print(name, json.dumps(results[name], ensure_ascii=False, default=float), flush=True)
+    if not args.only:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, ensure_ascii=False, default=float)
+
+
+if __name__ == "__main__":
+    main()
