@@ -25,7 +25,7 @@ EMBEDDED = os.path.join(REPO, "weights", "stepvideo-tiny")
 MODEL_NAME = "stepvideo-tiny"
 # Settings the small model was trained for (weights/stepvideo-tiny/TRAINING.md).
 DEMO = {"width": 128, "height": 128, "frames": 34, "steps": 25, "cfg": 5.0, "shift": 5.0,
-        "prompt": "a red circle moves to the right"}
+        "prompt": "a red circle stays still"}
 
 
 def demo_prompt(prompt_text, seed):
@@ -51,7 +51,8 @@ def demo_prompt(prompt_text, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", default=DEMO["prompt"], help="English or Chinese (e.g. 红色圆形向右移动)")
+    parser.add_argument("--prompt", default=DEMO["prompt"],
+                        help="English or Chinese (e.g. 绿色圆形静止不动); the small model follows the colour")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(REPO, "output", "demo"))
     args = parser.parse_args()
