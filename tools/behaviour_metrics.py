@@ -23,6 +23,7 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS)
 
 import pack_import  # noqa: E402,F401
+from stepvideo_pack.media.frames import images_to_video, video_to_images  # noqa: E402
 from stepvideo_pack.model_loaders.dit_loader import load_dit  # noqa: E402
 from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts  # noqa: E402
 from stepvideo_pack.model_loaders.vae_loader import load_vae  # noqa: E402
@@ -75,12 +76,11 @@ class TinyModel:
         return self.sample(prompt, torch.zeros(1, self.channels, 3 * chunks, side, side), seed=seed, **options)
 
     def decode(self, latent, **tiling):
-        video = self.vae.decode(to_official(latent).float(), **tiling)[0]
-        return ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+        return video_to_images(self.vae.decode(to_official(latent).float(), **tiling))
 
     def encode(self, frames, seed=0):
         """The official posterior sample, drawn from a generator seeded with ``seed``."""
-        video = (torch.as_tensor(frames).permute(0, 3, 1, 2)[None] * 2 - 1).float()
+        video = images_to_video(torch.as_tensor(frames))
         return to_comfy(self.vae.encode(video, generator=torch.Generator().manual_seed(seed)))
 
 

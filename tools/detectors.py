@@ -161,12 +161,3 @@ def detect(video):
     else:
         result.action = "still"
     return result
-
-
-def mean_colour(video, region=None):
-    """Mean RGB (3,) of ``video`` (F, H, W, 3), optionally over a boolean (H, W) or (F, H, W) region."""
-    frames = as_frames(video)
-    if region is None:
-        return frames.reshape(-1, 3).mean(0)
-    region = np.broadcast_to(region, frames.shape[:3])
-    return frames[region].mean(0)

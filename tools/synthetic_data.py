@@ -254,14 +254,6 @@ def render_clip(spec, size=96, height=None, frames=None):
     return (background * (1 - coverage) + colour * coverage).astype(np.float32)
 
 
-def to_model_video(frames):
-    """(F, H, W, 3) in [0, 1] (numpy or torch) -> torch (1, F, 3, H, W) in [-1, 1], the VAE's layout."""
-    import torch
-
-    video = torch.as_tensor(np.asarray(frames, dtype=np.float32))
-    return (video.permute(0, 3, 1, 2)[None] * 2 - 1).contiguous()
-
-
 # --- captions --------------------------------------------------------------------------------------
 
 def chinese_words():

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import pack_import  # noqa: F401  (the pack as stepvideo_pack)
 from stepvideo_pack.model_loaders import official_layout  # noqa: E402
-from stepvideo_pack.model_loaders.text_encoding import MAGIC_PROMPTS, compose_prompts  # noqa: E402
+from stepvideo_pack.model_loaders.text_encoding import MAGIC_PROMPTS  # noqa: E402
 from stepvideo_pack.model_loaders.text_tokenizers import (BERT_SPECIAL_TOKENS, BertTokenizer,  # noqa: E402
                                                           STEP_CONTROL_PIECES, STEP_OTHER_PIECES, StepTokenizer)
 from stepvideo_pack.networks.hunyuan_clip import HunyuanClip, HunyuanClipConfig  # noqa: E402
@@ -228,9 +228,3 @@ def build_text_side(root, seed, steps, log):
         with open(os.path.join(clip_root, "tokenizer", name), "wb") as f:
             f.write(data)
     return llm_dir, clip_root
-
-
-def training_texts(caption_text, rng, variant="t2v"):
-    """(positive, negative) prompt texts for a training caption, composed like the nodes do: with the
-    official magic suffixes (probability MAGIC_PROBABILITY) or bare (the "none" magic choice)."""
-    return compose_prompts(caption_text, "", variant=variant, use_magic=bool(rng.uniform() < MAGIC_PROBABILITY))

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 import pack_import  # noqa: E402,F401
 from stepvideo_pack.model_loaders import official_layout  # noqa: E402
+from stepvideo_pack.media.frames import images_to_video  # noqa: E402
 from stepvideo_pack.model_loaders.vae_loader import load_vae  # noqa: E402
 
 import constructed_vae  # noqa: E402
@@ -102,12 +103,17 @@ def stage_vae(args, schedule):
     vae = constructed_vae.build_constructed_vae()
     official_layout.save_vae({k: compact(v) for k, v in vae.state_dict().items()}, args.out)
     shipped = load_vae(vae_path(args), dtype=torch.float32)
-    probe = torch.stack([synthetic_data.to_model_video(synthetic_data.render_clip(
+    probe = torch.stack([clip_video(synthetic_data.render_clip(
         synthetic_data.sample_clip_spec(args.seed + 2, i), SIZE)[:17])[0] for i in range(4)])
     decoded = shipped.decode(shipped.encode(probe, sample=False)).clamp(-1, 1)
     psnr = 10 * math.log10(4.0 / float(((decoded - probe) ** 2).mean()))
     print(f"vae: round-trip PSNR {psnr:.2f} dB on 4 clips", flush=True)
     return {"seconds": time.time() - started, "round_trip_psnr": round(psnr, 2)}
+
+
+def clip_video(frames):
+    """Rendered frames (F, H, W, 3) numpy in [0, 1] -> the VAE's (1, F, 3, H, W) in [-1, 1]."""
+    return images_to_video(torch.from_numpy(frames))
 
 
 def compact(tensor):
@@ -134,7 +140,7 @@ def stage_latents(args, schedule):
     latents = []
     for index in range(count):
         spec = synthetic_data.sample_clip_spec(args.seed + 100, index)
-        video = synthetic_data.to_model_video(synthetic_data.render_clip(spec, SIZE))  # (1, 35, 3, H, W)
+        video = clip_video(synthetic_data.render_clip(spec, SIZE))  # (1, 35, 3, H, W)
         pieces = [video[:, :17], video[:, 17:34], video[:, 34:35]]
         latent = torch.cat([constructed_vae.encode_reference(p.transpose(1, 2)) for p in pieces], dim=2)
         if index < 2:
