@@ -83,14 +83,6 @@ class WeightFiles:
         self._handles.clear()
         self._pickled = None
 
-    def storage_dtype(self):
-        """The most common floating dtype among the stored tensors (None if none is floating)."""
-        counts = {}
-        for i in self.info.values():
-            if i.dtype.is_floating_point:
-                counts[i.dtype] = counts.get(i.dtype, 0) + 1
-        return max(counts, key=counts.get) if counts else None
-
     def renamed(self, rename):
         """A view with every key passed through ``rename`` (keys mapped to None are dropped)."""
         info = {}
