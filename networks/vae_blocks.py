@@ -95,6 +95,24 @@ def store_conv_weights_channels_last(module):
     return module
 
 
+def conv3d(x, weight, bias, stride, padding):
+    """F.conv3d, except for float32 on the CPU, where oneDNN is called directly: torch sends inputs with
+    batch 1 and N*C*T*H <= 20480 (the first frames of a stream, the coarse levels) to its generic
+    kernel, 1.4-2.7x slower on this decoder's shapes."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        return torch.mkldnn_convolution(x, weight, bias, padding, stride, (1, 1, 1), 1)
+    return F.conv3d(x, weight, bias, stride, padding)
+
+
+def pointwise_conv(x, weight, bias):
+    """A 1x1x1 conv as one matrix product over the channels-last positions: (B, C, T, H, W) -> (B, C', T, H, W).
+
+    (torch runs 1x1x1 conv3d on the CPU through its slow generic kernel.) weight (C', C, 1, 1, 1)."""
+    weight = cast_to(weight, x).reshape(weight.shape[0], -1)
+    out = F.linear(x.permute(0, 2, 3, 4, 1), weight, None if bias is None else cast_to(bias, x))
+    return out.permute(0, 4, 1, 2, 3)
+
+
 def group_norm_layer(channels, operations, device, dtype):
     return operations.GroupNorm(GROUPS, channels, eps=1e-5, affine=True, device=device, dtype=dtype)
 
@@ -118,26 +136,45 @@ class CausalConv3d(nn.Module):
         self.conv = operations.Conv3d(in_channels, out_channels, kernel_size, stride=stride,
                                       padding=(0, kernel_size // 2, kernel_size // 2), device=device, dtype=dtype)
 
-    def forward_padded(self, buffer):
-        """``buffer`` (B, C, history + T, H, W) whose first ``history`` frames are zero -> (B, C', T', H', W')."""
-        weight, bias = self.conv.weight, self.conv.bias
-        if weight.numel() <= WEIGHT_SLICE_ELEMENTS:
-            return channels_last(self.conv(buffer))
+    def forward_padded(self, buffer, first_tap=0):
+        """Valid-in-time conv of ``buffer`` (B, C, n, H, W) -> (B, C', T', H', W') with the kernel's time
+        taps ``first_tap`` onwards (T' = n - (history - first_tap) at stride 1). ``first_tap > 0`` gives
+        the first outputs of a stream exactly without multiplying the zero history frames."""
+        weight, bias = self.conv.weight[:, :, first_tap:], self.conv.bias
         step = max(1, WEIGHT_SLICE_ELEMENTS // weight[0].numel())
+        if step >= weight.shape[0]:
+            return channels_last(conv3d(buffer, cast_to(weight, buffer), cast_to(bias, buffer), self.conv.stride,
+                                        self.conv.padding))
         out = None
         for start in range(0, weight.shape[0], step):
             part_bias = None if bias is None else cast_to(bias[start:start + step], buffer)
-            part = F.conv3d(buffer, cast_to(weight[start:start + step], buffer), part_bias,
-                            self.conv.stride, self.conv.padding)
+            part = conv3d(buffer, cast_to(weight[start:start + step], buffer), part_bias,
+                          self.conv.stride, self.conv.padding)
             if out is None:
                 out = empty_video((part.shape[0], weight.shape[0]) + part.shape[2:], part)
             out[:, start:start + step] = part
         return out
 
+    def first_frames(self, frames, out):
+        """Writes the stream's outputs for the frames of ``frames`` (B, C, n, H, W), the first n input
+        frames, into ``out`` (B, C', n, H, W): output t < history from taps history - t.. over frames
+        0..t (the taps before see only zero history), later ones from the full kernel.
+        A weight too large for one call (see forward_padded) is applied to zero-padded frames instead:
+        such a conv is bound by reading its weight, which the split would do three times."""
+        count = frames.shape[2]
+        if self.conv.weight.numel() > WEIGHT_SLICE_ELEMENTS:
+            out[:, :, :count] = self.forward_padded(channels_last(F.pad(frames, (0, 0, 0, 0, self.history, 0))))
+            return out
+        for t in range(min(self.history, count)):
+            out[:, :, t:t + 1] = self.forward_padded(frames[:, :, :t + 1], first_tap=self.history - t)
+        if count > self.history:
+            out[:, :, self.history:count] = self.forward_padded(frames)
+        return out
+
     def forward(self, x):
         """x (B, C, T, H, W) -> (B, C', T', H', W')."""
         if not self.history:
-            return channels_last(self.conv(x))
+            return pointwise_conv(x, self.conv.weight, self.conv.bias)
         if self.conv.stride[0] == 1:
             return self.stream(x)
         return self.forward_padded(channels_last(F.pad(x, (0, 0, 0, 0, self.history, 0))))
@@ -156,18 +193,21 @@ class CausalConv3d(nn.Module):
         history, height, width = self.history, scale * height, scale * width
         frame = batch * max(self.conv.in_channels, self.conv.out_channels) * height * width
         step = max(1, SLAB_ELEMENTS // max(x[:, :, :1].numel(), frame))
-        buffer = empty_video((batch, self.conv.in_channels, history + min(step, frames), height, width), x)
-        buffer[:, :, :history].zero_()
         if step >= frames:
-            buffer[:, :, history:] = x if prepare is None else prepare(x)
-            return self.forward_padded(buffer)
+            prepared = channels_last(x if prepare is None else prepare(x))
+            return self.first_frames(prepared, empty_video((batch, self.conv.out_channels, frames, height, width), x))
+        buffer = empty_video((batch, self.conv.in_channels, history + step, height, width), x)
+        buffer[:, :, :history].zero_()  # carried into the second slab when the first is shorter than history
         out = x if inplace else empty_video((batch, self.conv.out_channels, frames, height, width), x)
         for start in range(0, frames, step):
             count = min(frames, start + step) - start
             window = buffer[:, :, :history + count]
             slab = x[:, :, start:start + count]
             window[:, :, history:] = slab if prepare is None else prepare(slab)
-            out[:, :, start:start + count] = self.forward_padded(window)
+            if start == 0:
+                self.first_frames(window[:, :, history:], out[:, :, :count])
+            else:
+                out[:, :, start:start + count] = self.forward_padded(window)
             tail = window[:, :, count:count + history]
             buffer[:, :, :history] = tail.clone() if count < history else tail
         return out
@@ -210,8 +250,12 @@ class ResnetBlock3D(nn.Module):
         h = self.conv2.stream(h, group_norm_silu(self.norm2), inplace=True)
         if upsample is None and not hasattr(self, "nin_shortcut"):
             return h.add_(x)
-        shortcut = getattr(self, "nin_shortcut", identity)
-        return per_frame(lambda s: shortcut(expand(s)), x, h, add=True)
+        if upsample is not None and hasattr(self, "nin_shortcut"):
+            shortcut = upsample.folded(self.nin_shortcut.conv, x)  # one conv instead of two
+        else:
+            nin = getattr(self, "nin_shortcut", identity)
+            shortcut = lambda s: nin(expand(s))  # noqa: E731
+        return per_frame(shortcut, x, h, add=True)
 
 
 class AttentionBlock3D(nn.Module):
@@ -344,7 +388,7 @@ def causal_conv3d_of_nearest_2x(x, weight, bias):
         previous = x[:, :, stop - 1:stop]
         target = out[:, :, 2 * start:2 * stop]
         for row_phase, col_phase in SPATIAL_PHASES:
-            both = F.conv3d(window, nearest_2x_kernel(weight, row_phase, col_phase), both_biases, padding=(0, 1, 1))
+            both = conv3d(window, nearest_2x_kernel(weight, row_phase, col_phase), both_biases, (1, 1, 1), (0, 1, 1))
             both = both[:, :, :, row_phase:row_phase + height, col_phase:col_phase + width]
             for time_phase in range(2):
                 target[:, :, time_phase::2, row_phase::2, col_phase::2] = both[:, time_phase::2]
@@ -372,8 +416,28 @@ class Upsample2D(nn.Module):
         self.conv = operations.Conv2d(channels, channels, 3, padding=1, device=device, dtype=dtype)
 
     def forward(self, x):
-        weight, bias = cast_to(self.conv.weight, x), cast_to(self.conv.bias, x)
+        return self.apply_conv(x, cast_to(self.conv.weight, x), cast_to(self.conv.bias, x))
+
+    @staticmethod
+    def apply_conv(x, weight, bias):
         return from_frames(conv2d_of_nearest_2x(as_frames(x), weight, bias), x.shape[0])
+
+    def folded(self, pointwise, like):
+        """The per-frame function x -> pointwise(self(x)) for a 1x1x1 conv ``pointwise`` (C' x C), as one
+        3x3 conv of the small x: both are linear, so the weights multiply (W' = P W, b' = P b + c), and
+        the up-sampled tensor is never convolved twice. ``like``: dtype and device of the input."""
+        matrix = cast_to(pointwise.weight, like).flatten(1).float()
+        weight = torch.einsum("oc,cikl->oikl", matrix, cast_to(self.conv.weight, like).float())
+        weight = weight.to(like.dtype).contiguous(memory_format=torch.channels_last)
+        bias = None
+        if self.conv.bias is not None or pointwise.bias is not None:
+            bias = torch.zeros(matrix.shape[0], device=matrix.device)
+            if self.conv.bias is not None:
+                bias += matrix @ cast_to(self.conv.bias, like).float()
+            if pointwise.bias is not None:
+                bias += cast_to(pointwise.bias, like).float()
+            bias = bias.to(like.dtype)
+        return lambda x: self.apply_conv(x, weight, bias)
 
 
 class Res3DBlockUpsample(nn.Module):

@@ -160,6 +160,29 @@ def test_fused_nearest_upsampling_convs_equal_upsample_then_conv():
     assert torch.allclose(conv2d_of_nearest_2x(frames, weight[:, :, 0], bias), expected, atol=1e-4)
 
 
+def test_upsampling_folded_into_a_pointwise_shortcut_equals_upsample_then_shortcut():
+    torch.manual_seed(0)
+    upsample, shortcut = vae_blocks.Upsample2D(8), vae_blocks.CausalConv3d(8, 5, 1)
+    x = channels_last(torch.randn(2, 8, 3, 4, 5))
+    with torch.no_grad():
+        expected = F.conv3d(upsample(x), shortcut.conv.weight, shortcut.conv.bias)
+        folded = upsample.folded(shortcut.conv, x)(x)
+    assert folded.shape == (2, 5, 3, 8, 10)
+    assert torch.allclose(folded, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames, slab_frames", [(1, 8), (2, 8), (7, 8), (7, 1), (7, 3)])
+def test_streamed_causal_conv_equals_the_conv_of_zero_padded_input(frames, slab_frames, monkeypatch):
+    """The first outputs skip the zero history taps; slabs (also shorter than the history) change nothing."""
+    torch.manual_seed(0)
+    conv = vae_blocks.CausalConv3d(4, 6, 3)
+    x = channels_last(torch.randn(1, 4, frames, 5, 6))
+    with torch.no_grad():
+        expected = conv.conv(F.pad(x, (0, 0, 0, 0, 2, 0)))
+        monkeypatch.setattr(vae_blocks, "SLAB_ELEMENTS", slab_frames * 6 * 5 * 6)
+        assert torch.allclose(conv.stream(x), expected, atol=1e-5)
+
+
 def test_time_slabs_of_one_frame_give_the_same_result(vae, monkeypatch):
     latent, clip = latents(4), video(9)
     decoded, (mean, logvar) = vae.decode(latent), vae.encode_moments(clip)
