@@ -7,7 +7,8 @@ resampling) runs on cheap views, time slabs are slices, and oneDNN / cuDNN convo
 tensors without reordering them.
 
 Causality. A 3-tap causal convolution sees each input preceded by two zero frames, never padded
-at the back; output frame t depends on input frames t-2..t only.
+at the back; output frame t depends on input frames t-2..t only. Streams compute their first two
+outputs from the kernel taps that see real frames instead of multiplying the zeros.
 
 Memory. Convolutions run over time slabs (:meth:`CausalConv3d.stream`): each slab's input is the
 last two (normalised) frames of the previous slab followed by the normalised slab, so the
@@ -121,9 +122,9 @@ class CausalConv3d(nn.Module):
     """Conv3d, causal in time: output frame t sees input frames up to t (zeros before the first).
 
     ``conv`` carries the weights (official key ``<name>.conv.weight``); it pads space by k//2 on each
-    side and time not at all: the ``history = k - 1`` leading zero frames are supplied by
-    :meth:`stream` (stride 1, slab by slab) or by a padded copy (stride 2, the encoder's 3-D
-    downsampling: T -> (T - 1) // 2 + 1).
+    side and time not at all: the ``history = k - 1`` leading zero frames are left out by
+    :meth:`stream` (stride 1, slab by slab; :meth:`first_frames`) or supplied by a padded copy
+    (stride 2, the encoder's 3-D downsampling: T -> (T - 1) // 2 + 1).
 
     A weight above WEIGHT_SLICE_ELEMENTS (the decoder's 2048 -> 4096 conv: 226 M) is applied in
     slices of output channels: oneDNN copies the weight into its own layout on every call, and a
