@@ -164,7 +164,7 @@ class CausalConv3d(nn.Module):
         such a conv is bound by reading its weight, which the split would do three times."""
         count = frames.shape[2]
         if self.conv.weight.numel() > WEIGHT_SLICE_ELEMENTS:
-            out[:, :, :count] = self.forward_padded(channels_last(F.pad(frames, (0, 0, 0, 0, self.history, 0))))
+            out[:, :, :count] = self.forward_zero_history(frames)
             return out
         for t in range(min(self.history, count)):
             out[:, :, t:t + 1] = self.forward_padded(frames[:, :, :t + 1], first_tap=self.history - t)
@@ -172,13 +172,17 @@ class CausalConv3d(nn.Module):
             out[:, :, self.history:count] = self.forward_padded(frames)
         return out
 
+    def forward_zero_history(self, x):
+        """The conv of x (B, C, T, H, W) after ``history`` zero frames, from a padded copy."""
+        return self.forward_padded(channels_last(F.pad(x, (0, 0, 0, 0, self.history, 0))))
+
     def forward(self, x):
         """x (B, C, T, H, W) -> (B, C', T', H', W')."""
         if not self.history:
             return pointwise_conv(x, self.conv.weight, self.conv.bias)
         if self.conv.stride[0] == 1:
             return self.stream(x)
-        return self.forward_padded(channels_last(F.pad(x, (0, 0, 0, 0, self.history, 0))))
+        return self.forward_zero_history(x)
 
     def stream(self, x, prepare=None, inplace=False, scale=1):
         """conv(zero history + prepare(x)) over time slabs, for stride 1: (B, C, T, H, W) -> (B, C', T, sH, sW).
