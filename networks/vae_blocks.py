@@ -380,12 +380,13 @@ def causal_conv3d_of_nearest_2x(x, weight, bias):
 
     (B, C, T, H, W) -> (B, Co, 2T, 2H, 2W), over time slabs of x, each preceded by the frame before
     it (zeros before the first). Both time phases read the same frames, so each of the four
-    spatial phases is one conv with 2*Co outputs.
+    spatial phases is one conv with 2*Co outputs; the four merged kernels are built once per call.
     """
     batch, channels, frames, height, width = x.shape
     both_biases = None if bias is None else bias.repeat_interleave(2)
     out = empty_video((batch, weight.shape[0], 2 * frames, 2 * height, 2 * width), x)
     step = max(1, SLAB_ELEMENTS // max(1, out[:, :, :2].numel()))
+    kernels = {phase: nearest_2x_kernel(weight, *phase) for phase in SPATIAL_PHASES}
     previous = torch.zeros_like(x[:, :, :1])
     for start in range(0, frames, step):
         stop = min(frames, start + step)
@@ -393,7 +394,7 @@ def causal_conv3d_of_nearest_2x(x, weight, bias):
         previous = x[:, :, stop - 1:stop]
         target = out[:, :, 2 * start:2 * stop]
         for row_phase, col_phase in SPATIAL_PHASES:
-            both = conv3d(window, nearest_2x_kernel(weight, row_phase, col_phase), both_biases, (1, 1, 1), (0, 1, 1))
+            both = conv3d(window, kernels[row_phase, col_phase], both_biases, (1, 1, 1), (0, 1, 1))
             both = both[:, :, :, row_phase:row_phase + height, col_phase:col_phase + width]
             for time_phase in range(2):
                 target[:, :, time_phase::2, row_phase::2, col_phase::2] = both[:, time_phase::2]
