@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import torch
 
+import behaviour_metrics
 import synthetic_data as sd
 from detectors import detect
 from stepvideo_pack.model_loaders.dit_loader import load_dit
@@ -48,3 +49,13 @@ def test_quick_training_run_writes_a_loadable_official_layout(tmp_path):
     with open(work / "logs" / "dit.csv", encoding="utf-8") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert steps == list(range(10))  # stage dit (6 steps) then refine (4) in one log
+
+
+def test_ideal_denoiser_recovers_the_clip_and_pays_for_a_wrong_attribute():
+    clips = torch.eye(4, 64) * 8.0  # four far-apart "clips"
+    noised = (1 - 0.2) * clips[1:2] + 0.2 * torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(behaviour_metrics.ideal_x0(noised, 0.2, clips).float(), clips[1:2], atol=1e-3)
+    wrong = torch.tensor([[True, False, True, True]])  # told it is not clip 1
+    assert float(((behaviour_metrics.ideal_x0(noised, 0.2, clips, wrong) - clips[1]) ** 2).mean()) > 1.0
+    pure_noise = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))  # sigma 1: no evidence
+    assert torch.allclose(behaviour_metrics.ideal_x0(pure_noise, 1.0, clips).float(), clips.mean(0, keepdim=True))
