@@ -32,6 +32,7 @@ from stepvideo_pack.samplers.modes import (extension_window, image_to_video, key
 from stepvideo_pack.samplers.pipeline import dit_velocity, sample, to_comfy, to_official  # noqa: E402
 
 import synthetic_data as sd  # noqa: E402
+from constructed_vae import encode_reference  # noqa: E402
 from detectors import detect, shape_mask  # noqa: E402
 
 WEIGHTS = os.path.join(os.path.dirname(TOOLS), "weights", "stepvideo-tiny")
@@ -194,8 +195,6 @@ def caption_worth(model, clips=6000, held_out=64, sigmas=RELIANCE_SIGMAS):
     any shape); and the DiT's x0 error with the true caption and with each word swapped. Percentages
     are errors over the true-caption error, minus 1, averaged over sigmas (per sigma too).
     """
-    from constructed_vae import encode_reference
-
     def slice_clip(index):
         spec = sd.sample_clip_spec(WORTH_SEED, index, colour=0, background="plain", shape=(index // 4) % 3,
                                    action=DIRECTIONS[index % 4])
