@@ -136,6 +136,29 @@ def detector_round_trip(model, count=16):
     return {"colour": int(hits[0]), "shape": int(hits[1]), "action": int(hits[2]), "of": count}
 
 
+# caption word swaps: spec -> the English caption with one attribute changed
+CAPTION_SWAPS = {"colour": lambda s: sd.describe((s.colour + 3) % len(sd.COLOURS), s.shape, s.action),
+                 "shape": lambda s: sd.describe(s.colour, (s.shape + 1) % len(sd.SHAPES), s.action),
+                 "direction": lambda s: sd.describe(s.colour, s.shape, OPPOSITE[s.action]),
+                 "motion": lambda s: sd.describe(s.colour, s.shape, "still"),
+                 "empty": lambda s: ""}
+
+
+def dit_x0(model, prompt, noised, sigma):
+    """The DiT's x0 prediction (no CFG) for a noised latent (B, C, T, h, w) at noise level sigma."""
+    velocity = dit_velocity(model.dit, model.conditioning(prompt)[0])
+    return noised - sigma * velocity(noised, sigma).float()
+
+
+def percent_over_true(errors, digits):
+    """{name: per-sigma errors} with a "true" entry -> each other entry's error over the true one, minus 1,
+    in percent: averaged over sigmas ("percent") and per sigma ("per_sigma")."""
+    per_sigma = {name: (100 * (v / errors["true"] - 1)).round(digits).tolist() for name, v in errors.items()
+                 if name != "true"}
+    return {"percent": {name: round(float(np.mean(v)), digits) for name, v in per_sigma.items()},
+            "per_sigma": per_sigma}
+
+
 def caption_reliance(model, count=16, sigmas=RELIANCE_SIGMAS):
     """How much the DiT uses each caption attribute: the x0-prediction error of noised ground-truth clips
     (17 frames, moving; English captions, no magic) when one attribute of the caption is swapped, over
@@ -145,27 +168,18 @@ def caption_reliance(model, count=16, sigmas=RELIANCE_SIGMAS):
     attribute decides. Swaps: colour -> the colour three hues away, shape -> the next shape, direction
     -> the opposite one, motion -> "stays still", and the empty caption. Per noise level too.
     """
-    swaps = {"colour": lambda s: sd.describe((s.colour + 3) % len(sd.COLOURS), s.shape, s.action),
-             "shape": lambda s: sd.describe(s.colour, (s.shape + 1) % len(sd.SHAPES), s.action),
-             "direction": lambda s: sd.describe(s.colour, s.shape, OPPOSITE[s.action]),
-             "motion": lambda s: sd.describe(s.colour, s.shape, "still"),
-             "empty": lambda s: ""}
-    errors = {name: np.zeros(len(sigmas)) for name in ("true", *swaps)}
+    errors = {name: np.zeros(len(sigmas)) for name in ("true", *CAPTION_SWAPS)}
     for index in range(count):
         spec, clip = ground_truth_clip(60 + index, action=DIRECTIONS[index % len(DIRECTIONS)])
         clean = model.encode(clip[:17], seed=index)
         noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(index))
         prompts = {"true": sd.describe(spec.colour, spec.shape, spec.action),
-                   **{name: swap(spec) for name, swap in swaps.items()}}
+                   **{name: swap(spec) for name, swap in CAPTION_SWAPS.items()}}
         for name, prompt in prompts.items():
-            velocity = dit_velocity(model.dit, model.conditioning(prompt)[0])
             for k, sigma in enumerate(sigmas):
                 noised = (1 - sigma) * clean + sigma * noise
-                predicted = noised - sigma * velocity(noised, sigma).float()
-                errors[name][k] += float(((predicted - clean) ** 2).mean())
-    per_sigma = {name: (100 * (errors[name] / errors["true"] - 1)).round(2).tolist() for name in swaps}
-    return {"percent": {name: round(float(np.mean(v)), 2) for name, v in per_sigma.items()},
-            "per_sigma": per_sigma, "sigmas": list(sigmas), "clips": count}
+                errors[name][k] += float(((dit_x0(model, prompt, noised, sigma) - clean) ** 2).mean())
+    return {**percent_over_true(errors, digits=2), "sigmas": list(sigmas), "clips": count}
 
 
 WORTH_SEED = 4343  # the slice of clips caption_worth measures on (training never used it)
@@ -196,8 +210,9 @@ def caption_worth(model, clips=6000, held_out=64, sigmas=RELIANCE_SIGMAS):
     are errors over the true-caption error, minus 1, averaged over sigmas (per sigma too).
     """
     def slice_clip(index):
-        spec = sd.sample_clip_spec(WORTH_SEED, index, colour=0, background="plain", shape=(index // 4) % 3,
-                                   action=DIRECTIONS[index % 4])
+        spec = sd.sample_clip_spec(WORTH_SEED, index, colour=0, background="plain",
+                                   shape=(index // len(DIRECTIONS)) % len(sd.SHAPES),
+                                   action=DIRECTIONS[index % len(DIRECTIONS)])
         frames = torch.from_numpy(sd.render_clip(spec, SIZE)[:17])
         return spec, encode_reference(images_to_video(frames).transpose(1, 2))[0]  # (z, 3, h, w)
 
@@ -211,12 +226,12 @@ def caption_worth(model, clips=6000, held_out=64, sigmas=RELIANCE_SIGMAS):
     same_move = moves[clips:, None] == moves[None, :clips]
     restrictions = {"true": same_shape & same_move,
                     "direction_swapped": same_shape & (opposite[moves[clips:]][:, None] == moves[None, :clips]),
-                    "shape_swapped": ((shapes[clips:, None] + 1) % 3 == shapes[None, :clips]) & same_move,
+                    "shape_swapped": ((shapes[clips:, None] + 1) % len(sd.SHAPES) == shapes[None, :clips]) & same_move,
                     "direction_unknown": same_shape, "shape_unknown": same_move}
     held_specs = [spec for spec, _ in pairs[clips:]]
     prompts = {"true": [sd.describe(s.colour, s.shape, s.action) for s in held_specs],
-               "direction_swapped": [sd.describe(s.colour, s.shape, OPPOSITE[s.action]) for s in held_specs],
-               "shape_swapped": [sd.describe(s.colour, (s.shape + 1) % 3, s.action) for s in held_specs]}
+               "direction_swapped": [CAPTION_SWAPS["direction"](s) for s in held_specs],
+               "shape_swapped": [CAPTION_SWAPS["shape"](s) for s in held_specs]}
     noise = torch.randn(held.shape, generator=torch.Generator().manual_seed(0))
     ideal = {name: np.zeros(len(sigmas)) for name in restrictions}
     dit = {name: np.zeros(len(sigmas)) for name in prompts}
@@ -226,15 +241,11 @@ def caption_worth(model, clips=6000, held_out=64, sigmas=RELIANCE_SIGMAS):
             ideal[name][k] = float(((ideal_x0(noised.flatten(1), sigma, bank, allowed) - held.flatten(1)) ** 2).mean())
         for name, texts in prompts.items():
             for i, text in enumerate(texts):
-                velocity = dit_velocity(model.dit, model.conditioning(text)[0])
-                predicted = noised[i:i + 1] - sigma * velocity(noised[i:i + 1], sigma).float()
+                predicted = dit_x0(model, text, noised[i:i + 1], sigma)
                 dit[name][k] += float(((predicted - held[i:i + 1]) ** 2).mean()) / len(texts)
 
     def percent(errors):
-        per_sigma = {name: (100 * (v / errors["true"] - 1)).round(1).tolist() for name, v in errors.items()
-                     if name != "true"}
-        return {"percent": {name: round(float(np.mean(v)), 1) for name, v in per_sigma.items()},
-                "per_sigma": per_sigma, "true_error": errors["true"].round(4).tolist()}
+        return {**percent_over_true(errors, digits=1), "true_error": errors["true"].round(4).tolist()}
 
     return {"ideal": percent(ideal), "dit": percent(dit), "sigmas": list(sigmas), "clips": clips,
             "held_out": held_out}
