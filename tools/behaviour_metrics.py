@@ -3,7 +3,8 @@
 
     python tools/behaviour_metrics.py [--weights weights/stepvideo-tiny]
 
-prints every measurement as a table and writes tools/logs/behaviour.json. The model is loaded the
+prints every measurement and writes tools/logs/behaviour.json (``--only a,b`` re-measures those and keeps
+the other entries). The model is loaded the
 way users load it (``load_dit`` in bf16, ``load_vae`` in fp32 on the CPU, ``StepVideoTextEncoder``),
 generation goes through ``samplers.pipeline.sample`` and ``samplers.modes``, and videos are judged
 by the hand-written detector of tools/detectors.py. Ground-truth clips come from dataset seed 4242,
@@ -46,6 +47,7 @@ DIRECTIONS = ("left", "right", "up", "down")
 SDEDIT_STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 RELIANCE_SIGMAS = (0.7, 0.85, 0.92)  # where the layout of a generated clip is decided (shift 5: half the steps)
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+GUIDANCE_SCALES = (1.0, 2.0, 3.0, 5.0)
 
 
 class TinyModel:
@@ -265,6 +267,26 @@ def prompt_following(model, language, magic=False):
             "detections": rows}
 
 
+def shape_area_by_guidance(model):
+    """How large the generated shapes are at each guidance scale: the mean fraction of shape pixels
+    (detectors.shape_mask) of one 17-frame generation per English PROMPT_SET prompt (seed = its index),
+    with the colour hits, next to the same fraction for VAE round trips of as many ground-truth clips
+    (the trained sizes)."""
+    truth = [shape_mask(model.decode(model.encode(ground_truth_clip(index)[1][:17], seed=index)).numpy()).mean()
+             for index in range(len(PROMPT_SET))]
+    areas, colours = [], []
+    for guidance in GUIDANCE_SCALES:
+        fractions, hits = [], 0
+        for seed, (colour, shape, direction) in enumerate(PROMPT_SET):
+            frames = model.decode(model.text_to_video(sd.describe(colour, shape, direction), seed=seed, cfg=guidance))
+            fractions.append(shape_mask(frames.numpy()).mean())
+            hits += detect(frames).colour == sd.COLOUR_NAMES[colour]
+        areas.append(float(np.mean(fractions)))
+        colours.append(int(hits))
+    return {"guidance": list(GUIDANCE_SCALES), "generated_area": areas, "colour_hits": colours,
+            "ground_truth_area": float(np.mean(truth)), "of": len(PROMPT_SET)}
+
+
 def image_to_video_fidelity(model):
     """First-frame PSNR (generated clip vs the input image) and how many clips move as prompted."""
     scores, reference, moved = [], [], 0
@@ -373,6 +395,7 @@ MEASUREMENTS = {
     "caption_worth": caption_worth,
     "prompt_following_en": lambda m: prompt_following(m, "en"),
     "prompt_following_zh": lambda m: prompt_following(m, "zh"),
+    "shape_area_by_guidance": shape_area_by_guidance,
     "image_to_video": image_to_video_fidelity,
     "extension": extension_join,
     "extension_randomized_blending": lambda m: extension_join(m, randomized_blending=True),
@@ -386,20 +409,23 @@ MEASUREMENTS = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=WEIGHTS)
-    parser.add_argument("--only", default=None, help="comma-separated measurement names")
+    parser.add_argument("--only", default=None, help="comma-separated measurement names (their entries of --out "
+                                                     "are replaced, the others kept)")
     parser.add_argument("--out", default=os.path.join(TOOLS, "logs", "behaviour.json"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = TinyModel(args.weights)
     wanted = args.only.split(",") if args.only else list(MEASUREMENTS)
     results = {}
+    if args.only and os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            results = json.load(f)
     for name in wanted:
         started = time.time()
         results[name] = MEASUREMENTS[name](model)
         results[name]["seconds"] = round(time.time() - started, 1)
         print(name, json.dumps(results[name], ensure_ascii=False, default=float), flush=True)
-    if not args.only:
-        with open(args.out, "w", encoding="utf-8") as f:
+        with open(args.out, "w", encoding="utf-8") as f:  # after each measurement: nothing lost if one fails
             json.dump(results, f, indent=1, ensure_ascii=False, default=float)
 
 
