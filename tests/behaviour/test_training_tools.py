@@ -3,6 +3,7 @@ the training script (in its --quick form: every stage, a few steps each) writes 
 model folder that the users' loaders read, plus its loss logs."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,16 @@ def test_ideal_denoiser_recovers_the_clip_and_pays_for_a_wrong_attribute():
     assert float(((behaviour_metrics.ideal_x0(noised, 0.2, clips, wrong) - clips[1]) ** 2).mean()) > 1.0
     pure_noise = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))  # sigma 1: no evidence
     assert torch.allclose(behaviour_metrics.ideal_x0(pure_noise, 1.0, clips).float(), clips.mean(0, keepdim=True))
+
+
+def test_metrics_only_replaces_the_measurements_it_reruns(tmp_path, monkeypatch):
+    """``behaviour_metrics --only`` re-measures the named entries of the JSON report and keeps the rest."""
+    report = tmp_path / "behaviour.json"
+    report.write_text('{"kept": {"value": 1}, "rerun": {"value": 2}}', encoding="utf-8")
+    monkeypatch.setattr(behaviour_metrics, "TinyModel", lambda weights: "model")
+    monkeypatch.setitem(behaviour_metrics.MEASUREMENTS, "rerun", lambda model: {"value": 3, "model": model})
+    behaviour_metrics.main(["--only", "rerun", "--out", str(report)])
+    result = json.loads(report.read_text(encoding="utf-8"))
+    assert result["kept"] == {"value": 1}
+    assert result["rerun"]["value"] == 3 and result["rerun"]["model"] == "model"
+    assert "seconds" in result["rerun"]
