@@ -3,12 +3,12 @@
 
     python tools/behaviour_metrics.py [--weights weights/stepvideo-tiny]
 
-prints every measurement and writes tools/logs/behaviour.json (``--only a,b`` re-measures those and keeps
-the other entries). The model is loaded the
-way users load it (``load_dit`` in bf16, ``load_vae`` in fp32 on the CPU, ``StepVideoTextEncoder``),
-generation goes through ``samplers.pipeline.sample`` and ``samplers.modes``, and videos are judged
-by the hand-written detector of tools/detectors.py. Ground-truth clips come from dataset seed 4242,
-which training never used.
+prints every measurement and writes tools/logs/behaviour.json (``--only a,b`` re-measures those and
+keeps the other entries; other ``--weights`` write only to an ``--out`` named for them). The model is
+loaded the way users load it (``load_dit`` in bf16, ``load_vae`` in fp32 on the CPU,
+``StepVideoTextEncoder``), generation goes through ``samplers.pipeline.sample`` and
+``samplers.modes``, and videos are judged by the hand-written detector of tools/detectors.py.
+Ground-truth clips come from dataset seed 4242, which training never used.
 """
 
 import argparse
@@ -411,13 +411,16 @@ def main(argv=None):
     parser.add_argument("--weights", default=WEIGHTS)
     parser.add_argument("--only", default=None, help="comma-separated measurement names (their entries of --out "
                                                      "are replaced, the others kept)")
-    parser.add_argument("--out", default=os.path.join(TOOLS, "logs", "behaviour.json"))
+    parser.add_argument("--out", default=None, help="the JSON report (default: tools/logs/behaviour.json for the "
+                                                    "shipped weights, none for others)")
     args = parser.parse_args(argv)
+    if args.out is None and os.path.abspath(args.weights) == os.path.abspath(WEIGHTS):
+        args.out = os.path.join(TOOLS, "logs", "behaviour.json")
     torch.manual_seed(0)
     model = TinyModel(args.weights)
     wanted = args.only.split(",") if args.only else list(MEASUREMENTS)
     results = {}
-    if args.only and os.path.exists(args.out):
+    if args.only and args.out and os.path.exists(args.out):
         with open(args.out, encoding="utf-8") as f:
             results = json.load(f)
     for name in wanted:
@@ -425,8 +428,9 @@ def main(argv=None):
         results[name] = MEASUREMENTS[name](model)
         results[name]["seconds"] = round(time.time() - started, 1)
         print(name, json.dumps(results[name], ensure_ascii=False, default=float), flush=True)
-        with open(args.out, "w", encoding="utf-8") as f:  # after each measurement: nothing lost if one fails
-            json.dump(results, f, indent=1, ensure_ascii=False, default=float)
+        if args.out:  # written after each measurement: nothing measured is lost if a later one fails
+            with open(args.out, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=1, ensure_ascii=False, default=float)
 
 
 if __name__ == "__main__":

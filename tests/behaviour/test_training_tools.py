@@ -73,3 +73,14 @@ def test_metrics_only_replaces_the_measurements_it_reruns(tmp_path, monkeypatch)
     assert result["kept"] == {"value": 1}
     assert result["rerun"]["value"] == 3 and result["rerun"]["model"] == "model"
     assert "seconds" in result["rerun"]
+
+
+def test_metrics_of_other_weights_do_not_overwrite_the_shipped_report(tmp_path, monkeypatch):
+    """Measuring an experimental model (--weights elsewhere, no --out) prints, and leaves tools/logs alone."""
+    shipped_report = os.path.join(TOOLS, "logs", "behaviour.json")
+    before = os.path.getmtime(shipped_report)
+    monkeypatch.setattr(behaviour_metrics, "TinyModel", lambda weights: weights)
+    monkeypatch.setitem(behaviour_metrics.MEASUREMENTS, "rerun", lambda model: {"model": model})
+    behaviour_metrics.main(["--only", "rerun", "--weights", str(tmp_path)])
+    assert os.path.getmtime(shipped_report) == before
+    assert "rerun" not in json.loads(open(shipped_report, encoding="utf-8").read())
