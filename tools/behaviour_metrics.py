@@ -253,12 +253,19 @@ def caption_worth(model, clips=6000, held_out=64, sigmas=RELIANCE_SIGMAS):
             "held_out": held_out}
 
 
+def prompt_set_videos(model, language="en", **options):
+    """Yield (prompt, (colour, shape, direction), frames (17, H, W, 3)): one text-to-video generation per
+    PROMPT_SET prompt in ``language``, seed = its index; ``options`` go to ``TinyModel.sample``."""
+    for seed, attributes in enumerate(PROMPT_SET):
+        prompt = sd.describe(*attributes, language=language)
+        yield prompt, attributes, model.decode(model.text_to_video(prompt, seed=seed, **options))
+
+
 def prompt_following(model, language, magic=False):
     """Detector hits on one 17-frame generation per PROMPT_SET prompt (seed = its index)."""
     hits, rows = np.zeros(3, dtype=int), []
-    for seed, (colour, shape, direction) in enumerate(PROMPT_SET):
-        prompt = sd.describe(colour, shape, direction, language=language)
-        found = detect(model.decode(model.text_to_video(prompt, seed=seed, magic=magic)))
+    for prompt, (colour, shape, direction), frames in prompt_set_videos(model, language, magic=magic):
+        found = detect(frames)
         result = (found.colour == sd.COLOUR_NAMES[colour], found.shape == sd.SHAPE_NAMES[shape],
                   found.action == direction)
         hits += result
@@ -277,8 +284,7 @@ def shape_area_by_guidance(model):
     areas, colours = [], []
     for guidance in GUIDANCE_SCALES:
         fractions, hits = [], 0
-        for seed, (colour, shape, direction) in enumerate(PROMPT_SET):
-            frames = model.decode(model.text_to_video(sd.describe(colour, shape, direction), seed=seed, cfg=guidance))
+        for _, (colour, _, _), frames in prompt_set_videos(model, cfg=guidance):
             fractions.append(shape_mask(frames.numpy()).mean())
             hits += detect(frames).colour == sd.COLOUR_NAMES[colour]
         areas.append(float(np.mean(fractions)))
