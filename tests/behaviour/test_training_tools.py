@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import behaviour_metrics
+import direction_task
 import synthetic_data as sd
 from detectors import detect
 from stepvideo_pack.model_loaders.dit_loader import load_dit
@@ -84,3 +85,28 @@ def test_metrics_of_other_weights_do_not_overwrite_the_shipped_report(tmp_path, 
     behaviour_metrics.main(["--only", "rerun", "--weights", str(tmp_path)])
     assert os.path.getmtime(shipped_report) == before
     assert "rerun" not in json.loads(open(shipped_report, encoding="utf-8").read())
+
+
+def test_direction_task_clips_move_as_captioned_and_a_short_run_reports_the_swap(tmp_path, capsys):
+    """tools/direction_task.py (TRAINING.md experiments 10-16): its clips move the captioned direction by
+    the asked distance (a red circle, or the dataset's colours and shapes with --varied), and a two-step
+    run prints the direction swap and saves a state dict that a second run can start from."""
+    for index in range(8):
+        for varied in (False, True):
+            spec = direction_task.task_spec(index, 0.5, varied)
+            found = detect(sd.render_clip(spec, 128))
+            assert (found.colour, found.shape, found.action) == (spec.colour_name, sd.SHAPE_NAMES[spec.shape],
+                                                                 spec.action)
+            assert varied or (spec.colour_name, spec.shape) == ("red", 0)
+            travelled = np.subtract(spec.end, spec.start)
+            assert abs(np.abs(travelled).sum() - 0.5) < 1e-9 and min(spec.start + spec.end) > 0
+    assert direction_task.caption(spec, "up", full=True) == sd.describe(spec.colour, spec.shape, "up")
+    saved = tmp_path / "task.pt"
+    direction_task.main(["--clips", "4", "--steps", "2", "--every", "1", "--sigma-range", "0.4,0.9", "--varied",
+                         "--captions", "full", "--save", str(saved)])
+    printed = capsys.readouterr().out
+    assert printed.count("dir") == 2 * len(direction_task.EVAL_SIGMAS) and "step 2 loss" in printed
+    direction_task.main(["--clips", "4", "--steps", "0", "--init", str(saved)])
+    assert "s0.75:" in capsys.readouterr().out
+    low, high = direction_task.draw_sigma(1000, torch.Generator().manual_seed(0), (0.4, 0.9)).aminmax()
+    assert 0.4 <= float(low) < 0.41 and 0.89 < float(high) <= 0.9
