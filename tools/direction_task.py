@@ -164,7 +164,8 @@ def generation_hits(state, guidance_scales, specs, full=False, log=print):
         found = []
         for seed in range(12):
             wanted = behaviour_metrics.DIRECTIONS[seed % 4]
-            frames = model.decode(model.text_to_video(caption(specs[seed], wanted, full), seed=seed, cfg=cfg, shift=5.0))
+            prompt = caption(specs[seed], wanted, full)
+            frames = model.decode(model.text_to_video(prompt, seed=seed, cfg=cfg, shift=5.0))
             found.append(detect(frames).action)
         hits = sum(f == behaviour_metrics.DIRECTIONS[i % 4] for i, f in enumerate(found))
         results[cfg] = (hits, found)
