@@ -6,13 +6,15 @@ DiT learn to use the direction word, and under which noise-level schedule?
     python tools/direction_task.py --init mid.pt --steps 2000 --lr 3e-4 --save cur.pt   # 16: then all levels
     python tools/direction_task.py --init cur.pt --steps 0 --generate 1,3,5             # sample it
 
-Data: 17-frame clips (128 x 128) of a red circle on a plain background moving left / right / up / down by
-``--distance`` of the width, captioned by the motion alone ("moves to the left"), encoded by the shipped
-codec's reference encoder; 32 more clips are held out. The DiT has the shipped configuration and starts
-from its initialisation (or ``--init``); batch 16, AdamW (weight decay 0.01), a 100-step warm-up (none
-after ``--init``) and a cosine to 10% of ``--lr``; the empty caption 10% of the time. Noise levels: the
-shipped logit-normal shifted by 3, or uniform in ``--sigma-range``. One thread; each step's randomness
-comes from its index, so a run is reproducible on the same machine type.
+Data: 17-frame clips (128 x 128) of a red circle on a plain background (``--varied``: the dataset's
+colours and shapes) moving left / right / up / down by ``--distance`` of the width, captioned by the
+motion alone ("moves to the left"; ``--captions full``: "a red circle moves to the left"), encoded by
+the shipped codec's reference encoder; 32 more clips are held out. The DiT has the shipped
+configuration (``--heads`` apart) and starts from its initialisation (or ``--init``); batch 16, AdamW
+(weight decay 0.01), a 100-step warm-up (none after ``--init``) and a cosine to 10% of ``--lr``; the
+empty caption 10% of the time. Noise levels: the shipped logit-normal shifted by 3, or uniform in
+``--sigma-range``. One thread; each step's randomness comes from its index, so a run is reproducible
+on the same machine type.
 
 Every ``--every`` steps it prints the x0 error of the held-out clips at sigma 0.75 / 0.85 / 0.9 with the
 true caption and how much larger it is with the opposite direction ("dir") or "stays still" ("still"),
@@ -152,24 +154,24 @@ def train(model, bank, clips, specs, steps, lr, sigma_range, warm_up, every, ful
                 f"{(time.time() - started) / (step + 1):.2f}s/step | {swap}")
 
 
-def generation_hits(state, guidance_scales, specs, full=False, log=print):
-    """Samples the task's prompts from noise with the DiT weights ``state`` and the shipped VAE and text
-    encoders, seed i asking for the colour and shape of ``specs[i]`` (with ``full``) and the i-th of left,
-    right, up, down in turn; returns {cfg: (hits, detected actions)} over 12 seeds."""
+def generation_hits(dit, guidance_scales, specs, full=False, seeds=12, log=print):
+    """Samples the task's prompts from noise with ``dit`` (cast to the shipped DiT's dtype, in place) and
+    the shipped VAE and text encoders, seed i asking for the i-th of left, right, up, down in turn (and,
+    with ``full``, for the colour and shape of ``specs[i]``); returns {cfg: (hits, detected actions)}
+    over ``seeds`` seeds."""
     model = behaviour_metrics.TinyModel()
-    dtype = next(model.dit.parameters()).dtype
-    model.dit.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+    model.dit = dit.to(next(model.dit.parameters()).dtype).eval()
     results = {}
     for cfg in guidance_scales:
         found = []
-        for seed in range(12):
+        for seed in range(seeds):
             wanted = behaviour_metrics.DIRECTIONS[seed % 4]
             prompt = caption(specs[seed], wanted, full)
             frames = model.decode(model.text_to_video(prompt, seed=seed, cfg=cfg, shift=5.0))
             found.append(detect(frames).action)
         hits = sum(f == behaviour_metrics.DIRECTIONS[i % 4] for i, f in enumerate(found))
         results[cfg] = (hits, found)
-        log(f"generation cfg {cfg}: moves as asked {hits} / 12 {found}")
+        log(f"generation cfg {cfg}: moves as asked {hits} / {seeds} {found}")
     return results
 
 
@@ -180,6 +182,7 @@ def main(argv=None):
     parser.add_argument("--captions", choices=("motion", "full"), default="motion",
                         help='"moves to the left" or the dataset\'s "a red circle moves to the left"')
     parser.add_argument("--varied", action="store_true", help="the dataset's colours and shapes, not a red circle")
+    parser.add_argument("--heads", type=int, default=1, help="attention heads of the DiT (the shipped one: 1)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sigma-range", default=None, help="low,high: uniform noise levels (default: the "
@@ -188,6 +191,7 @@ def main(argv=None):
     parser.add_argument("--save", default=None, help="write the DiT's state dict here")
     parser.add_argument("--every", type=int, default=500)
     parser.add_argument("--generate", default=None, help="comma-separated CFG scales to sample at after training")
+    parser.add_argument("--seeds", type=int, default=12, help="clips sampled per CFG scale by --generate")
     args = parser.parse_args(argv)
     full = args.captions == "full"
     sigma_range = tuple(map(float, args.sigma_range.split(","))) if args.sigma_range else None
@@ -196,7 +200,7 @@ def main(argv=None):
     weights = behaviour_metrics.WEIGHTS
     bank = train_dit.TextBank(os.path.join(weights, official_layout.STEP_LLM_DIR),
                               os.path.join(weights, official_layout.CLIP_DIR))
-    model = train_dit.init_dit(train_dit.DIT_CONFIG, 3)
+    model = train_dit.init_dit(dataclasses.replace(train_dit.DIT_CONFIG, num_heads=args.heads), 3)
     if args.init:
         model.load_state_dict(torch.load(args.init))
     if args.steps:
@@ -207,7 +211,8 @@ def main(argv=None):
     if args.save:
         torch.save(model.state_dict(), args.save)
     if args.generate:
-        generation_hits(model.state_dict(), [float(c) for c in args.generate.split(",")], specs, full)
+        return generation_hits(model, [float(c) for c in args.generate.split(",")], specs, full, args.seeds)
+    return None
 
 
 if __name__ == "__main__":

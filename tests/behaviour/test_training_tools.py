@@ -103,10 +103,15 @@ def test_direction_task_clips_move_as_captioned_and_a_short_run_reports_the_swap
     assert direction_task.caption(spec, "up", full=True) == sd.describe(spec.colour, spec.shape, "up")
     saved = tmp_path / "task.pt"
     direction_task.main(["--clips", "4", "--steps", "2", "--every", "1", "--sigma-range", "0.4,0.9", "--varied",
-                         "--captions", "full", "--save", str(saved)])
+                         "--captions", "full", "--heads", "2", "--save", str(saved)])
     printed = capsys.readouterr().out
     assert printed.count("dir") == 2 * len(direction_task.EVAL_SIGMAS) and "step 2 loss" in printed
-    direction_task.main(["--clips", "4", "--steps", "0", "--init", str(saved)])
+    direction_task.main(["--clips", "4", "--steps", "0", "--heads", "2", "--init", str(saved)])
     assert "s0.75:" in capsys.readouterr().out
+    run = direction_task.main(["--clips", "4", "--steps", "0", "--heads", "2", "--init", str(saved), "--generate", "5",
+                               "--varied", "--captions", "full", "--seeds", "2"])
+    hits, found = run[5.0]
+    assert len(found) == 2 and 0 <= hits <= 2 and set(found) <= set(sd.ACTION_WEIGHTS)
+    assert "generation cfg 5.0: moves as asked" in capsys.readouterr().out
     low, high = direction_task.draw_sigma(1000, torch.Generator().manual_seed(0), (0.4, 0.9)).aminmax()
     assert 0.4 <= float(low) < 0.41 and 0.89 < float(high) <= 0.9
