@@ -96,6 +96,14 @@ def draw_sigma(count, generator, sigma_range):
     return low + (high - low) * torch.rand(count, generator=generator)
 
 
+def encoded(bank, texts):
+    """``bank.batch(texts)`` with the text encoders under bf16 autocast, as the runs in TRAINING.md encoded
+    the task's captions (not quite the pack's encoding, which ``train_dit`` uses; TextBank keeps the first
+    encoding of each text)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return bank.batch(texts)
+
+
 @torch.no_grad()
 def direction_swap(model, bank, clips, specs, full=False):
     """{sigma: (x0 error with the true caption, % more with the opposite direction, % more with "stays still")}."""
@@ -103,14 +111,15 @@ def direction_swap(model, bank, clips, specs, full=False):
     captions = {"true": [caption(s, s.action, full) for s in specs],
                 "dir": [caption(s, behaviour_metrics.OPPOSITE[s.action], full) for s in specs],
                 "still": [caption(s, "still", full) for s in specs]}
+    noise = torch.randn(clips.shape, generator=torch.Generator().manual_seed(9))
     result = {}
     for sigma in EVAL_SIGMAS:
-        noise = torch.randn(clips.shape, generator=torch.Generator().manual_seed(9))
         noised = (1 - sigma) * clips + sigma * noise
         errors = {}
         for name, texts in captions.items():
+            text = encoded(bank, texts)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                velocity = model(noised, torch.full((len(specs),), 1 - sigma), **bank.batch(texts)).float()
+                velocity = model(noised, torch.full((len(specs),), 1 - sigma), **text).float()
             errors[name] = float(((noised + sigma * velocity - clips) ** 2).mean())
         result[sigma] = (errors["true"], 100 * (errors["dir"] / errors["true"] - 1),
                          100 * (errors["still"] / errors["true"] - 1))
@@ -135,14 +144,11 @@ def train(model, bank, clips, specs, steps, lr, sigma_range, warm_up, every, ful
         data = train_clips[picks]
         noise = torch.randn(data.shape, generator=generator)
         sigma = draw_sigma(BATCH, generator, sigma_range)
-        s = sigma[:, None, None, None, None]
         ramp = min(1.0, (step + 1) / 100) if warm_up else 1.0
         for group in optimizer.param_groups:
-            group["lr"] = lr * ramp * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / steps)))
+            group["lr"] = train_dit.cosine_learning_rate(lr, step / steps, ramp)
         batch_texts = [texts[j] if rng.uniform() > train_dit.CFG_DROPOUT else "" for j in picks]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            prediction = model((1 - s) * data + s * noise, 1 - sigma, **bank.batch(batch_texts))
-        loss = ((prediction.float() - (data - noise)) ** 2).mean()
+        loss = train_dit.flow_matching_loss(model, data, noise, sigma, encoded(bank, batch_texts))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -154,6 +154,22 @@ def sample_sigma(count, generator, shift=TRAIN_SHIFT):
     return shifted(u, shift)
 
 
+def cosine_learning_rate(lr, progress, warm=1.0):
+    """``lr`` times the warm-up ramp ``warm`` (0..1) on a cosine from 1 to 0.1 as ``progress`` goes 0 -> 1."""
+    return lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def flow_matching_loss(model, data, noise, sigma, text):
+    """The official objective: the DiT (under bf16 autocast, as at inference) predicts the velocity
+    data - noise from x_t = (1 - sigma) data + sigma noise at t = 1 - sigma; mean squared error.
+
+    data, noise (B, T, C, h, w); sigma (B,); text: the DiT's text inputs (``TextBank.batch``)."""
+    s = sigma[:, None, None, None, None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        prediction = model((1 - s) * data + s * noise, 1 - sigma, **text)
+    return ((prediction.float() - (data - noise)) ** 2).mean()
+
+
 class EMA:
     def __init__(self, model, decay):
         self.decay = decay
@@ -198,17 +214,11 @@ def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_d
         data = latents[picks][:, latent_slice].float()
         noise = torch.randn(data.shape, generator=generator)
         sigma = sample_sigma(batch, generator)
-        s = sigma[:, None, None, None, None]
-        x_t = (1 - s) * data + s * noise
-        target = data - noise
         text = text_bank.batch(window_texts([specs[i] for i in picks], window, rng))
         warm = min(1.0, (step + 1 - phase_start) / 100)
-        progress = (step - phase_start) / (steps - phase_start)
         for group in optimizer.param_groups:
-            group["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # the DiT runs in bf16 at inference too
-            prediction = model(x_t, 1 - sigma, **text)
-        loss = ((prediction.float() - target) ** 2).mean()
+            group["lr"] = cosine_learning_rate(lr, (step - phase_start) / (steps - phase_start), warm)
+        loss = flow_matching_loss(model, data, noise, sigma, text)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
