@@ -88,14 +88,6 @@ def encode_clips(specs):
                         .transpose(0, 1) for s in specs])
 
 
-def draw_sigma(count, generator, sigma_range):
-    """The shipped logit-normal (shift 3) when ``sigma_range`` is None, else uniform in (low, high)."""
-    if sigma_range is None:
-        return train_dit.sample_sigma(count, generator)
-    low, high = sigma_range
-    return low + (high - low) * torch.rand(count, generator=generator)
-
-
 def encoded(bank, texts):
     """``bank.batch(texts)`` with the text encoders under bf16 autocast, as the runs in TRAINING.md encoded
     the task's captions (not quite the pack's encoding, which ``train_dit`` uses; TextBank keeps the first
@@ -143,7 +135,7 @@ def train(model, bank, clips, specs, steps, lr, sigma_range, warm_up, every, ful
         picks = rng.integers(len(texts), size=BATCH)
         data = train_clips[picks]
         noise = torch.randn(data.shape, generator=generator)
-        sigma = draw_sigma(BATCH, generator, sigma_range)
+        sigma = train_dit.sample_sigma(BATCH, generator, sigma_range)
         ramp = min(1.0, (step + 1) / 100) if warm_up else 1.0
         for group in optimizer.param_groups:
             group["lr"] = train_dit.cosine_learning_rate(lr, step / steps, ramp)

@@ -148,10 +148,14 @@ def window_texts(specs, window, rng):
     return texts
 
 
-def sample_sigma(count, generator, shift=TRAIN_SHIFT):
-    """Noise levels: logit-normal(0, 1) then the SD3 shift toward noise."""
-    u = torch.sigmoid(torch.randn(count, generator=generator))
-    return shifted(u, shift)
+def sample_sigma(count, generator, sigma_range=None):
+    """(count,) noise levels: logit-normal(0, 1) then the SD3 shift toward noise (:data:`TRAIN_SHIFT`), or with
+    ``sigma_range`` = (low, high) uniform in it (TRAINING.md: the direction word is learnt only without
+    the extreme levels)."""
+    if sigma_range is not None:
+        low, high = sigma_range
+        return low + (high - low) * torch.rand(count, generator=generator)
+    return shifted(torch.sigmoid(torch.randn(count, generator=generator)), TRAIN_SHIFT)
 
 
 def cosine_learning_rate(lr, progress, warm=1.0):
@@ -183,11 +187,12 @@ class EMA:
 
 
 def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_decay=0.998, checkpoint=None,
-              checkpoint_every=100, start_step=0, optimizer_state=None, ema_state=None, phase_start=0):
+              checkpoint_every=100, start_step=0, optimizer_state=None, ema_state=None, phase_start=0,
+              sigma_range=None, cosine_end=None):
     """Train ``model`` in place on ``latents`` (N, 7, z, h, w) of the clips ``specs``, steps ``start_step``
     to ``steps``; the learning rate warms up over 100 steps from ``phase_start`` and follows a cosine
-    from ``lr`` to ``lr / 10`` between ``phase_start`` and ``steps`` (a later phase continues a finished
-    run with its own schedule).
+    from ``lr`` to ``lr / 10`` between ``phase_start`` and ``cosine_end`` (default ``steps``; a later
+    phase continues a finished run with its own schedule). Noise levels: :func:`sample_sigma`.
 
     Returns the EMA weights (state dict). Each step's randomness comes from (seed, step), so a run
     resumed from a checkpoint continues exactly.
@@ -213,11 +218,11 @@ def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_d
         picks = rng.integers(latents.shape[0], size=batch)
         data = latents[picks][:, latent_slice].float()
         noise = torch.randn(data.shape, generator=generator)
-        sigma = sample_sigma(batch, generator)
+        sigma = sample_sigma(batch, generator, sigma_range)
         text = text_bank.batch(window_texts([specs[i] for i in picks], window, rng))
         warm = min(1.0, (step + 1 - phase_start) / 100)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(lr, (step - phase_start) / (steps - phase_start), warm)
+            group["lr"] = cosine_learning_rate(lr, (step - phase_start) / ((cosine_end or steps) - phase_start), warm)
         loss = flow_matching_loss(model, data, noise, sigma, text)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -14,6 +14,7 @@ import torch
 import behaviour_metrics
 import direction_task
 import synthetic_data as sd
+import train_dit
 from detectors import detect
 from stepvideo_pack.model_loaders.dit_loader import load_dit
 from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder
@@ -50,7 +51,7 @@ def test_quick_training_run_writes_a_loadable_official_layout(tmp_path):
     assert torch.isfinite(embeddings.llm_states.float()).all()
     with open(work / "logs" / "dit.csv", encoding="utf-8") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert steps == list(range(10))  # stage dit (6 steps) then refine (4) in one log
+    assert steps == list(range(7))  # the three DiT phases (3, 2 and 2 steps) in one log
 
 
 def test_ideal_denoiser_recovers_the_clip_and_pays_for_a_wrong_attribute():
@@ -113,5 +114,5 @@ def test_direction_task_clips_move_as_captioned_and_a_short_run_reports_the_swap
     hits, found = run[5.0]
     assert len(found) == 2 and 0 <= hits <= 2 and set(found) <= set(sd.ACTION_WEIGHTS)
     assert "generation cfg 5.0: moves as asked" in capsys.readouterr().out
-    low, high = direction_task.draw_sigma(1000, torch.Generator().manual_seed(0), (0.4, 0.9)).aminmax()
+    low, high = train_dit.sample_sigma(1000, torch.Generator().manual_seed(0), (0.4, 0.9)).aminmax()
     assert 0.4 <= float(low) < 0.41 and 0.89 < float(high) <= 0.9
