@@ -10,13 +10,16 @@ checkpoint in --work):
             pre-training (tools/text_models.py)                    -> OUT/step_llm, OUT/hunyuan_clip
 2. vae      our v2 Video-VAE, narrow widths, z = 16, with closed-form weights
             (tools/constructed_vae.py; why not learnt: TRAINING.md) -> OUT/vae/vae_v2.safetensors
-3. latents  the DiT's training clips encoded by that codec (checked against the shipped file)
-4. dit      our DiT (6 layers, one 128-wide head, 2 x 2 patches) trained by flow matching
-            (tools/train_dit.py)                                   -> OUT/transformer/
-5. refine   more flow matching from the end of stage dit, with a fresh learning-rate cycle
-                                                                   -> OUT/transformer/
+3. latents  the DiT's training clips encoded by that codec (checked against the shipped file): the
+            dataset, and two slices of it for the curriculum (DATASETS)
+4-6.        our DiT (6 layers, one 128-wide head, 2 x 2 patches) trained by flow matching
+            (tools/train_dit.py) in a curriculum (DIT_PHASES; why: TRAINING.md) -> OUT/transformer/
+   dit_red     one red circle on plain ground doing every action, noise levels in [0.4, 0.9]
+   dit_varied  the six colours and three shapes on plain ground, every action, [0.4, 0.9]
+   dit_all     the dataset, every noise level (the shipped logit-normal)
 
-Every stage writes its per-step numbers to tools/logs/<stage>.csv. Everything random is derived from
+Stage text writes its per-step numbers to tools/logs/text_encoders.csv, the DiT phases theirs to
+tools/logs/dit.csv (one log, the step count runs on). Everything random is derived from
 --seed (data: tools/synthetic_data.py; weights and noise: seeded torch generators), and torch runs
 with a fixed thread count (--threads), so a rerun on the same machine type reproduces the weights.
 """
@@ -49,14 +52,25 @@ import train_dit  # noqa: E402
 
 LOG_DIR = os.path.join(TOOLS, "logs")
 SIZE = 128  # training resolution (pixels, square): 8 x 8 latents
-SCHEDULE = {  # steps per stage (about 50 minutes in all on the shared 2-core machine, one thread)
+DATASETS = {  # latent cache: (data seed = --seed + this, clip attributes pinned); tools/synthetic_data.py
+    "latents": (100, {}),  # the dataset itself
+    "latents_red_circles": (300, {"colour": 0, "shape": 0, "background": "plain"}),
+    "latents_plain": (400, {"background": "plain"}),
+}
+DIT_PHASES = (  # the DiT's curriculum (TRAINING.md): stage, latent cache, noise levels (None: the shipped
+    # logit-normal, else uniform in the range), peak learning rate
+    ("dit_red", "latents_red_circles", (0.4, 0.9), 1e-3),
+    ("dit_varied", "latents_plain", (0.4, 0.9), 5e-4),
+    ("dit_all", "latents", None, 3e-4),
+)
+SCHEDULE = {  # text steps, clips per latent cache, and (steps, cosine length) per DiT phase
     "text_steps": 250,
     "latent_clips": 1000,
-    "dit_steps": 4500,
-    "refine_steps": 3000,
-    "refine_lr": 5e-4,
+    "dit_red": (3100, 5000),  # stopped at 3,100 of a 5,000-step cosine, once it read the direction
+    "dit_varied": (3000, 3000),
+    "dit_all": (2500, 2500),
 }
-QUICK = {"text_steps": 5, "latent_clips": 8, "dit_steps": 6, "refine_steps": 4, "refine_lr": 5e-4}
+QUICK = {"text_steps": 5, "latent_clips": 8, "dit_red": (3, 5), "dit_varied": (2, 2), "dit_all": (2, 2)}
 
 
 class CsvLog:
@@ -129,61 +143,67 @@ def vae_path(args):
 
 
 def stage_latents(args, schedule):
-    """Latents of the DiT's training clips: [chunk A ; chunk B ; frame 34] = (N, 7, z, h, w) float16.
+    """Latents of the DiT's training clips, one cache per entry of DATASETS: [chunk A ; chunk B ; frame 34]
+    = (N, 7, z, h, w) float16, with the data seed and the pinned attributes that give back the clips' specs.
 
     They are computed by the codec's few-line equivalent (constructed_vae.encode_reference) instead of
     running the full encoder 2x per clip; the shipped VAE, loaded with the users' loader, is checked
-    to give the same latents on the first clips."""
+    to give the same latents on the first clips of every cache."""
     started = time.time()
-    count = schedule["latent_clips"]
     shipped = load_vae(vae_path(args), dtype=torch.float32)
-    latents = []
-    for index in range(count):
-        spec = synthetic_data.sample_clip_spec(args.seed + 100, index)
-        video = clip_video(synthetic_data.render_clip(spec, SIZE))  # (1, 35, 3, H, W)
-        pieces = [video[:, :17], video[:, 17:34], video[:, 34:35]]
-        latent = torch.cat([constructed_vae.encode_reference(p.transpose(1, 2)) for p in pieces], dim=2)
-        if index < 2:
-            network = torch.cat([shipped.encode(p, sample=False) for p in pieces], dim=1).transpose(1, 2)
-            error = float((network - latent).abs().max())
-            assert error < 0.02, f"reference latents differ from the shipped VAE by {error}"
-        latents.append(latent[0].transpose(0, 1).half())  # (7, z, h, w)
-    torch.save({"mean": torch.stack(latents), "seed": args.seed + 100}, os.path.join(args.work, "latents.pt"))
-    return {"seconds": time.time() - started, "clips": count}
+    for name, (offset, pins) in DATASETS.items():
+        seed, latents = args.seed + offset, []
+        for index in range(schedule["latent_clips"]):
+            video = clip_video(synthetic_data.render_clip(synthetic_data.sample_clip_spec(seed, index, **pins), SIZE))
+            pieces = [video[:, :17], video[:, 17:34], video[:, 34:35]]  # (1, F, 3, H, W) each
+            latent = torch.cat([constructed_vae.encode_reference(p.transpose(1, 2)) for p in pieces], dim=2)
+            if index < 2:
+                network = torch.cat([shipped.encode(p, sample=False) for p in pieces], dim=1).transpose(1, 2)
+                error = float((network - latent).abs().max())
+                assert error < 0.02, f"{name}: reference latents differ from the shipped VAE by {error}"
+            latents.append(latent[0].transpose(0, 1).half())  # (7, z, h, w)
+        torch.save({"mean": torch.stack(latents), "seed": seed, "pins": pins}, os.path.join(args.work, f"{name}.pt"))
+    return {"seconds": time.time() - started, "clips": schedule["latent_clips"] * len(DATASETS)}
 
 
-def stage_dit(args, schedule):
-    """Flow matching from the initialisation: ``dit_steps`` steps, lr 1e-3 cosine to 1e-4."""
-    return train_phase(args, "dit_checkpoint.pt", None, 0, schedule["dit_steps"], 1e-3)
+def dit_phase(index):
+    """Stage function of DIT_PHASES[index]: continues the previous phase's checkpoint (its weights, EMA and
+    step count; a fresh optimizer, 100-step warm-up and cosine) on that phase's clips and noise levels."""
+    stage, cache, sigma_range, lr = DIT_PHASES[index]
+
+    def run(args, schedule):
+        phase_start = sum(schedule[name][0] for name, *_ in DIT_PHASES[:index])
+        steps, cosine_length = schedule[stage]
+        previous = f"{DIT_PHASES[index - 1][0]}.pt" if index else None
+        return train_phase(args, cache, f"{stage}.pt", previous, phase_start, steps, cosine_length, lr, sigma_range)
+    run.__doc__ = f"DiT phase {stage}: {cache}, noise levels {sigma_range or 'as shipped'}, lr {lr}"
+    return run
 
 
-def stage_refine(args, schedule):
-    """More of the same training from the end of stage dit (its weights, optimizer and EMA), with a fresh
-    warm-up and cosine from ``refine_lr``; the per-step randomness continues at step ``dit_steps``."""
-    first = schedule["dit_steps"]
-    return train_phase(args, "refine_checkpoint.pt", "dit_checkpoint.pt", first,
-                       first + schedule["refine_steps"], schedule["refine_lr"])
-
-
-def train_phase(args, checkpoint_name, start_from, phase_start, steps, lr):
-    """One training phase of the DiT, resumable from ``checkpoint_name`` (else started from the checkpoint
-    ``start_from`` of the previous phase, else from the initialisation); writes OUT/transformer."""
+def train_phase(args, cache, checkpoint_name, start_from, phase_start, steps, cosine_length, lr, sigma_range):
+    """One phase of the DiT: ``steps`` steps on the latent cache ``cache`` from step ``phase_start``, resumable
+    from ``checkpoint_name`` (else started from the previous phase's checkpoint ``start_from`` with a fresh
+    optimizer, else from the initialisation); writes OUT/transformer."""
     started = time.time()
-    data = torch.load(os.path.join(args.work, "latents.pt"))
-    specs = [synthetic_data.sample_clip_spec(data["seed"], i) for i in range(data["mean"].shape[0])]
+    data = torch.load(os.path.join(args.work, f"{cache}.pt"))
+    pins = data.get("pins", {})
+    specs = [synthetic_data.sample_clip_spec(data["seed"], i, **pins) for i in range(data["mean"].shape[0])]
     bank = train_dit.TextBank(os.path.join(args.out, official_layout.STEP_LLM_DIR),
                               os.path.join(args.out, official_layout.CLIP_DIR))
     bank.check_against_encoder([synthetic_data.caption(specs[0], "en"), synthetic_data.caption(specs[1], "zh")])
     model = train_dit.init_dit(train_dit.DIT_CONFIG, args.seed + 3)
     checkpoint_path = os.path.join(args.work, checkpoint_name)
     start, optimizer_state, ema_state = phase_start, None, None
-    resume_from = checkpoint_path if os.path.exists(checkpoint_path) else (
-        os.path.join(args.work, start_from) if start_from else None)
-    if resume_from:
-        saved = torch.load(resume_from)
+    if os.path.exists(checkpoint_path):
+        saved = torch.load(checkpoint_path)
+        start, optimizer_state = saved["step"], saved["optimizer"]
+    elif start_from:
+        saved = torch.load(os.path.join(args.work, start_from))
+        assert saved["step"] == phase_start, f"{start_from} ends at step {saved['step']}, not {phase_start}"
+    if os.path.exists(checkpoint_path) or start_from:
         model.load_state_dict(saved["model"])
-        start, optimizer_state, ema_state = saved["step"], saved["optimizer"], saved["ema"]
-        print(f"dit: continuing at step {start} from {resume_from}", flush=True)
+        ema_state = saved["ema"]
+        print(f"dit: continuing at step {start} from {checkpoint_path if optimizer_state else start_from}", flush=True)
     log = CsvLog(os.path.join(args.logs, "dit.csv"), resume=start > 0)
 
     def checkpoint(step, net, optimizer, ema):
@@ -191,16 +211,17 @@ def train_phase(args, checkpoint_name, start_from, phase_start, steps, lr):
                    checkpoint_path + ".tmp")
         os.replace(checkpoint_path + ".tmp", checkpoint_path)
 
-    ema = train_dit.train_dit(model, data["mean"], specs, bank, steps, args.seed, log, lr=lr,
+    ema = train_dit.train_dit(model, data["mean"], specs, bank, phase_start + steps, args.seed, log, lr=lr,
                               checkpoint=checkpoint, start_step=start, optimizer_state=optimizer_state,
-                              ema_state=ema_state, phase_start=phase_start)
+                              ema_state=ema_state, phase_start=phase_start, sigma_range=sigma_range,
+                              cosine_end=phase_start + cosine_length)
     state = {k: v.to(torch.bfloat16) for k, v in ema.items()}
     official_layout.save_transformer(state, args.out, train_dit.DIT_CONFIG, shards=1)
     return {"seconds": time.time() - started}
 
 
-STAGES = (("text", stage_text), ("vae", stage_vae), ("latents", stage_latents), ("dit", stage_dit),
-          ("refine", stage_refine))
+STAGES = (("text", stage_text), ("vae", stage_vae), ("latents", stage_latents),
+          *((stage, dit_phase(i)) for i, (stage, *_) in enumerate(DIT_PHASES)))
 
 
 def main(argv=None):
