@@ -32,23 +32,34 @@ def test_colour_follows_the_prompt_in_both_languages(following, language):
     assert result["colour"] >= 10, result
 
 
-@pytest.mark.xfail(strict=True, reason="not learnt within the CPU training budget (TRAINING.md): shape 3/12 and "
-                                       "5/12 (chance 4/12), direction 0/12 in both languages")
 @pytest.mark.parametrize("language", ["en", "zh"])
-def test_shape_and_direction_follow_the_prompt(following, language):
-    """What a better-trained model must reach: shape 7/12 and direction 6/12 (chance 4/12 and 3/12).
+def test_direction_follows_the_prompt_in_both_languages(following, language):
+    """12 prompts (every direction three times), one clip each. Chance: 3/12 (four directions), and the
+    detector can also read grow / shrink / still / recolour. Measured: 7/12 in English, 7/12 in Chinese
+    (the model shipped before the curriculum of TRAINING.md: 0/12). Criterion: twice chance."""
+    result = following[language]
+    assert result["direction"] >= 6, result
+
+
+@pytest.mark.xfail(strict=True, reason="not learnt within the CPU training budget (TRAINING.md): shape 6/12 and "
+                                       "3/12 (chance 4/12)")
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_shape_follows_the_prompt(following, language):
+    """What a better-trained model must reach: shape 7/12 (chance 4/12).
     Strict xfail: the day a retrained model passes, this test fails until the marker is removed."""
     result = following[language]
-    assert result["shape"] >= 7 and result["direction"] >= 6, result
+    assert result["shape"] >= 7, result
 
 
-def test_the_dit_relies_on_the_colour_word(tiny):
+def test_the_dit_relies_on_the_colour_and_direction_words(tiny):
     """bm.caption_reliance: x0-prediction error of 16 noised ground-truth clips (sigma 0.7 / 0.85 / 0.92)
     when one caption attribute is swapped, over the error with the true caption, minus 1 (percent).
     A swap the DiT ignores scores ~0, a used one scores the share of the prediction it decides.
-    Measured on the shipped weights: colour 27.7%, empty caption 8.0%; shape 0.2%, direction 0.25%,
-    moving vs "stays still" 0.06% (the gaps TRAINING.md reports). Criterion: colour >= 10%, more than
-    the empty caption (a model that reads only the colour word loses most when that word is wrong)."""
+    Measured on the shipped weights: colour 54.9%, direction 21.7%, moving vs "stays still" 13.6%,
+    empty caption 17.9%; shape 2.6% (the gap TRAINING.md reports). The model shipped before the
+    curriculum: direction 0.25%, "stays still" 0.06%. Criteria: colour >= 10% and more than the empty
+    caption (a wrong colour word costs more than no caption), direction and "stays still" >= 5%."""
     result = bm.caption_reliance(tiny)
     percent = result["percent"]
     assert percent["colour"] >= 10.0 and percent["colour"] > percent["empty"], result
+    assert percent["direction"] >= 5.0 and percent["motion"] >= 5.0, result
