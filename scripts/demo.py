@@ -25,7 +25,7 @@ EMBEDDED = os.path.join(REPO, "weights", "stepvideo-tiny")
 MODEL_NAME = "stepvideo-tiny"
 # Settings the small model was trained for (weights/stepvideo-tiny/TRAINING.md).
 DEMO = {"width": 128, "height": 128, "frames": 34, "steps": 25, "cfg": 5.0, "shift": 5.0,
-        "prompt": "a red circle stays still"}
+        "prompt": "a red circle moves to the right"}
 
 
 def demo_prompt(prompt_text, seed):
@@ -52,7 +52,8 @@ def demo_prompt(prompt_text, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=DEMO["prompt"],
-                        help="English or Chinese (e.g. 绿色圆形静止不动); the small model follows the colour")
+                        help="English or Chinese (e.g. 绿色圆形向左移动); the small model follows the colour and "
+                             "the direction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(REPO, "output", "demo"))
     args = parser.parse_args()
