@@ -185,25 +185,30 @@ def train_phase(args, cache, checkpoint_name, start_from, phase_start, steps, co
     from ``checkpoint_name`` (else started from the previous phase's checkpoint ``start_from`` with a fresh
     optimizer, else from the initialisation); writes OUT/transformer."""
     started = time.time()
-    data = torch.load(os.path.join(args.work, f"{cache}.pt"))
-    pins = data.get("pins", {})
+    cache_path = os.path.join(args.work, f"{cache}.pt")
+    if not os.path.exists(cache_path):
+        sys.exit(f"{cache_path} is missing (a work folder of an older version?): delete "
+                 f"{done_marker(args.work, 'latents')} and rerun with --stages latents,{checkpoint_name[:-3]}")
+    data = torch.load(cache_path)
+    pins = data.get("pins", {})  # (caches of older versions hold the unpinned dataset only)
     specs = [synthetic_data.sample_clip_spec(data["seed"], i, **pins) for i in range(data["mean"].shape[0])]
     bank = train_dit.TextBank(os.path.join(args.out, official_layout.STEP_LLM_DIR),
                               os.path.join(args.out, official_layout.CLIP_DIR))
     bank.check_against_encoder([synthetic_data.caption(specs[0], "en"), synthetic_data.caption(specs[1], "zh")])
     model = train_dit.init_dit(train_dit.DIT_CONFIG, args.seed + 3)
     checkpoint_path = os.path.join(args.work, checkpoint_name)
+    resume_from = checkpoint_path if os.path.exists(checkpoint_path) else (
+        os.path.join(args.work, start_from) if start_from else None)
     start, optimizer_state, ema_state = phase_start, None, None
-    if os.path.exists(checkpoint_path):
-        saved = torch.load(checkpoint_path)
-        start, optimizer_state = saved["step"], saved["optimizer"]
-    elif start_from:
-        saved = torch.load(os.path.join(args.work, start_from))
-        assert saved["step"] == phase_start, f"{start_from} ends at step {saved['step']}, not {phase_start}"
-    if os.path.exists(checkpoint_path) or start_from:
+    if resume_from:
+        saved = torch.load(resume_from)
         model.load_state_dict(saved["model"])
         ema_state = saved["ema"]
-        print(f"dit: continuing at step {start} from {checkpoint_path if optimizer_state else start_from}", flush=True)
+        if resume_from == checkpoint_path:  # this phase, interrupted: continue exactly
+            start, optimizer_state = saved["step"], saved["optimizer"]
+        else:
+            assert saved["step"] == phase_start, f"{resume_from} ends at step {saved['step']}, not {phase_start}"
+        print(f"dit: continuing at step {start} from {resume_from}", flush=True)
     log = CsvLog(os.path.join(args.logs, "dit.csv"), resume=start > 0)
 
     def checkpoint(step, net, optimizer, ema):
