@@ -39,11 +39,10 @@ import pack_import  # noqa: E402,F401
 from stepvideo_pack.model_loaders import official_layout  # noqa: E402
 
 import behaviour_metrics  # noqa: E402
-import constructed_vae  # noqa: E402
 import synthetic_data as sd  # noqa: E402
 import train_dit  # noqa: E402
 from detectors import detect  # noqa: E402
-from train_small_model import SIZE, clip_video  # noqa: E402
+from train_small_model import SIZE, clip_video, reference_latents  # noqa: E402
 
 DATA_SEED = 777
 HELD_OUT = 32
@@ -84,8 +83,7 @@ def caption(spec, action, full=False):
 
 def encode_clips(specs):
     """(N, 3, z, 8, 8) latents of the clips, in the DiT's (N, T, C, h, w) layout."""
-    return torch.stack([constructed_vae.encode_reference(clip_video(sd.render_clip(s, SIZE)).transpose(1, 2))[0]
-                        .transpose(0, 1) for s in specs])
+    return torch.stack([reference_latents(clip_video(sd.render_clip(s, SIZE))) for s in specs])
 
 
 def encoded(bank, texts):

@@ -26,6 +26,7 @@ with a fixed thread count (--threads), so a rerun on the same machine type repro
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -130,6 +131,12 @@ def clip_video(frames):
     return images_to_video(torch.from_numpy(frames))
 
 
+def reference_latents(video):
+    """The VAE's (1, F, 3, H, W) video -> its latents (T, z, h, w) in the DiT's layout, by the codec's few-line
+    equivalent (constructed_vae.encode_reference) instead of the full encoder."""
+    return constructed_vae.encode_reference(video.transpose(1, 2))[0].transpose(0, 1)
+
+
 def compact(tensor):
     """bf16, or float8 e4m3fn where that is exact (zeros, +-1, 1/4, blur taps...; the loader casts
     per tensor, so the model is the same bf16 model in half the bytes for most of the VAE)."""
@@ -146,9 +153,9 @@ def stage_latents(args, schedule):
     """Latents of the DiT's training clips, one cache per entry of DATASETS: [chunk A ; chunk B ; frame 34]
     = (N, 7, z, h, w) float16, with the data seed and the pinned attributes that give back the clips' specs.
 
-    They are computed by the codec's few-line equivalent (constructed_vae.encode_reference) instead of
-    running the full encoder 2x per clip; the shipped VAE, loaded with the users' loader, is checked
-    to give the same latents on the first clips of every cache."""
+    They are computed by reference_latents instead of running the full encoder 2x per clip; the shipped
+    VAE, loaded with the users' loader, is checked to give the same latents on the first clips of every
+    cache."""
     started = time.time()
     shipped = load_vae(vae_path(args), dtype=torch.float32)
     for name, (offset, pins) in DATASETS.items():
@@ -156,39 +163,30 @@ def stage_latents(args, schedule):
         for index in range(schedule["latent_clips"]):
             video = clip_video(synthetic_data.render_clip(synthetic_data.sample_clip_spec(seed, index, **pins), SIZE))
             pieces = [video[:, :17], video[:, 17:34], video[:, 34:35]]  # (1, F, 3, H, W) each
-            latent = torch.cat([constructed_vae.encode_reference(p.transpose(1, 2)) for p in pieces], dim=2)
+            latent = torch.cat([reference_latents(p) for p in pieces])  # (7, z, h, w)
             if index < 2:
-                network = torch.cat([shipped.encode(p, sample=False) for p in pieces], dim=1).transpose(1, 2)
+                network = torch.cat([shipped.encode(p, sample=False)[0] for p in pieces])
                 error = float((network - latent).abs().max())
                 assert error < 0.02, f"{name}: reference latents differ from the shipped VAE by {error}"
-            latents.append(latent[0].transpose(0, 1).half())  # (7, z, h, w)
+            latents.append(latent.half())
         torch.save({"mean": torch.stack(latents), "seed": seed, "pins": pins}, os.path.join(args.work, f"{name}.pt"))
     return {"seconds": time.time() - started, "clips": schedule["latent_clips"] * len(DATASETS)}
 
 
-def dit_phase(index):
-    """Stage function of DIT_PHASES[index]: continues the previous phase's checkpoint (its weights, EMA and
-    step count; a fresh optimizer, 100-step warm-up and cosine) on that phase's clips and noise levels."""
+def train_phase(args, schedule, index):
+    """Phase DIT_PHASES[index] of the DiT (stage function): its ``schedule`` steps on its latent cache and
+    noise levels, continuing from the step where the previous phases end. Resumable from its own
+    checkpoint, else started from the previous phase's (its weights, EMA and step count; a fresh
+    optimizer, 100-step warm-up and cosine), else from the initialisation; writes OUT/transformer."""
     stage, cache, sigma_range, lr = DIT_PHASES[index]
-
-    def run(args, schedule):
-        phase_start = sum(schedule[name][0] for name, *_ in DIT_PHASES[:index])
-        steps, cosine_length = schedule[stage]
-        previous = f"{DIT_PHASES[index - 1][0]}.pt" if index else None
-        return train_phase(args, cache, f"{stage}.pt", previous, phase_start, steps, cosine_length, lr, sigma_range)
-    run.__doc__ = f"DiT phase {stage}: {cache}, noise levels {sigma_range or 'as shipped'}, lr {lr}"
-    return run
-
-
-def train_phase(args, cache, checkpoint_name, start_from, phase_start, steps, cosine_length, lr, sigma_range):
-    """One phase of the DiT: ``steps`` steps on the latent cache ``cache`` from step ``phase_start``, resumable
-    from ``checkpoint_name`` (else started from the previous phase's checkpoint ``start_from`` with a fresh
-    optimizer, else from the initialisation); writes OUT/transformer."""
+    phase_start = sum(schedule[name][0] for name, *_ in DIT_PHASES[:index])
+    steps, cosine_length = schedule[stage]
+    start_from = f"{DIT_PHASES[index - 1][0]}.pt" if index else None
     started = time.time()
     cache_path = os.path.join(args.work, f"{cache}.pt")
     if not os.path.exists(cache_path):
         sys.exit(f"{cache_path} is missing (a work folder of an older version?): delete "
-                 f"{done_marker(args.work, 'latents')} and rerun with --stages latents,{checkpoint_name[:-3]}")
+                 f"{done_marker(args.work, 'latents')} and rerun with --stages latents,{stage}")
     data = torch.load(cache_path)
     pins = data.get("pins", {})  # (caches of older versions hold the unpinned dataset only)
     specs = [synthetic_data.sample_clip_spec(data["seed"], i, **pins) for i in range(data["mean"].shape[0])]
@@ -196,7 +194,7 @@ def train_phase(args, cache, checkpoint_name, start_from, phase_start, steps, co
                               os.path.join(args.out, official_layout.CLIP_DIR))
     bank.check_against_encoder([synthetic_data.caption(specs[0], "en"), synthetic_data.caption(specs[1], "zh")])
     model = train_dit.init_dit(train_dit.DIT_CONFIG, args.seed + 3)
-    checkpoint_path = os.path.join(args.work, checkpoint_name)
+    checkpoint_path = os.path.join(args.work, f"{stage}.pt")
     resume_from = checkpoint_path if os.path.exists(checkpoint_path) else (
         os.path.join(args.work, start_from) if start_from else None)
     start, optimizer_state, ema_state = phase_start, None, None
@@ -226,7 +224,7 @@ def train_phase(args, cache, checkpoint_name, start_from, phase_start, steps, co
 
 
 STAGES = (("text", stage_text), ("vae", stage_vae), ("latents", stage_latents),
-          *((stage, dit_phase(i)) for i, (stage, *_) in enumerate(DIT_PHASES)))
+          *((stage, functools.partial(train_phase, index=i)) for i, (stage, *_) in enumerate(DIT_PHASES)))
 
 
 def main(argv=None):
