@@ -163,15 +163,30 @@ def cosine_learning_rate(lr, progress, warm=1.0):
     return lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def flow_matching_loss(model, data, noise, sigma, text):
+def shape_cell_weights(data, weight):
+    """(B, T, 1, h, w) loss weights 1 + ``weight`` on the latent cells a shape touches, for clips on a
+    plain background: cells whose channels differ from the frame's median cell (the background) by more
+    than a tenth of the frame's largest difference. data (B, T, C, h, w)."""
+    background = data.flatten(-2).median(-1).values[..., None, None]
+    difference = (data - background).abs().mean(2, keepdim=True)
+    touched = difference > 0.1 * difference.flatten(-2).amax(-1)[..., None, None]
+    return 1 + weight * touched.float()
+
+
+def flow_matching_loss(model, data, noise, sigma, text, shape_weight=0.0):
     """The official objective: the DiT (under bf16 autocast, as at inference) predicts the velocity
-    data - noise from x_t = (1 - sigma) data + sigma noise at t = 1 - sigma; mean squared error.
+    data - noise from x_t = (1 - sigma) data + sigma noise at t = 1 - sigma; mean squared error, or with
+    ``shape_weight`` the mean weighted by :func:`shape_cell_weights` (normalised by the mean weight).
 
     data, noise (B, T, C, h, w); sigma (B,); text: the DiT's text inputs (``TextBank.batch``)."""
     s = sigma[:, None, None, None, None]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         prediction = model((1 - s) * data + s * noise, 1 - sigma, **text)
-    return ((prediction.float() - (data - noise)) ** 2).mean()
+    squared = (prediction.float() - (data - noise)) ** 2
+    if not shape_weight:
+        return squared.mean()
+    weights = shape_cell_weights(data, shape_weight)
+    return (weights * squared).mean() / weights.mean()
 
 
 class EMA:
@@ -188,11 +203,12 @@ class EMA:
 
 def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_decay=0.998, checkpoint=None,
               checkpoint_every=100, start_step=0, optimizer_state=None, ema_state=None, phase_start=0,
-              sigma_range=None, cosine_end=None):
+              sigma_range=None, cosine_end=None, shape_weight=0.0):
     """Train ``model`` in place on ``latents`` (N, 7, z, h, w) of the clips ``specs``, steps ``start_step``
     to ``steps``; the learning rate warms up over 100 steps from ``phase_start`` and follows a cosine
     from ``lr`` to ``lr / 10`` between ``phase_start`` and ``cosine_end`` (default ``steps``; a later
-    phase continues a finished run with its own schedule). Noise levels: :func:`sample_sigma`.
+    phase continues a finished run with its own schedule). Noise levels: :func:`sample_sigma`; loss:
+    :func:`flow_matching_loss` (``shape_weight``: on clips with a plain background only).
 
     Returns the EMA weights (state dict). Each step's randomness comes from (seed, step), so a run
     resumed from a checkpoint continues exactly.
@@ -223,7 +239,7 @@ def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_d
         warm = min(1.0, (step + 1 - phase_start) / 100)
         for group in optimizer.param_groups:
             group["lr"] = cosine_learning_rate(lr, (step - phase_start) / ((cosine_end or steps) - phase_start), warm)
-        loss = flow_matching_loss(model, data, noise, sigma, text)
+        loss = flow_matching_loss(model, data, noise, sigma, text, shape_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))

@@ -51,7 +51,7 @@ def test_quick_training_run_writes_a_loadable_official_layout(tmp_path):
     assert torch.isfinite(embeddings.llm_states.float()).all()
     with open(work / "logs" / "dit.csv", encoding="utf-8") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert steps == list(range(7))  # the three DiT phases (3, 2 and 2 steps) in one log
+    assert steps == list(range(9))  # the four DiT phases (3, 2, 2 and 2 steps) in one log
 
 
 def test_ideal_denoiser_recovers_the_clip_and_pays_for_a_wrong_attribute():
@@ -116,3 +116,18 @@ def test_direction_task_clips_move_as_captioned_and_a_short_run_reports_the_swap
     assert "generation cfg 5.0: moves as asked" in capsys.readouterr().out
     low, high = train_dit.sample_sigma(1000, torch.Generator().manual_seed(0), (0.4, 0.9)).aminmax()
     assert 0.4 <= float(low) < 0.41 and 0.89 < float(high) <= 0.9
+
+
+def test_shape_cell_weights_mark_the_cells_the_shape_covers():
+    """Stage dit_shapes weights the loss on the latent cells a shape touches (plain backgrounds only):
+    every 16-pixel cell the shape covers by a quarter or more gets 1 + weight, no cell free of it does."""
+    import train_small_model
+    from detectors import shape_mask
+    for index in range(6):
+        spec = sd.sample_clip_spec(5, index, background="plain", shape=index % 3)
+        frames = sd.render_clip(spec, 128)[:17]
+        latent = train_small_model.reference_latents(train_small_model.clip_video(frames))  # (3, z, 8, 8)
+        weights = train_dit.shape_cell_weights(latent[None], 4.0)[0, 0, 0]  # latent frame 0 = pixel frame 0
+        assert set(weights.unique().tolist()) == {1.0, 5.0}
+        coverage = torch.from_numpy(shape_mask(frames[:1])[0].astype(np.float32)).reshape(8, 16, 8, 16).mean((1, 3))
+        assert (weights[coverage >= 0.25] == 5.0).all() and (weights[coverage == 0] == 1.0).all(), (coverage, weights)
