@@ -24,7 +24,7 @@ from comfy_host import ComfyHost  # noqa: E402
 EMBEDDED = os.path.join(REPO, "weights", "stepvideo-tiny")
 MODEL_NAME = "stepvideo-tiny"
 # Settings the small model was trained for (weights/stepvideo-tiny/TRAINING.md).
-DEMO = {"width": 128, "height": 128, "frames": 34, "steps": 25, "cfg": 5.0, "shift": 5.0,
+DEMO = {"width": 128, "height": 128, "frames": 34, "steps": 25, "cfg": 3.0, "shift": 5.0,
         "prompt": "a red circle moves to the right"}
 
 

@@ -38,7 +38,7 @@ from detectors import detect, shape_mask  # noqa: E402
 
 WEIGHTS = os.path.join(os.path.dirname(TOOLS), "weights", "stepvideo-tiny")
 SIZE = 128  # pixels, the model's training resolution
-STEPS, CFG, SHIFT = 20, 5.0, 5.0  # the recommended settings (TRAINING.md)
+STEPS, CFG, SHIFT = 20, 3.0, 5.0  # the recommended settings (TRAINING.md)
 GROUND_TRUTH_SEED = 4242
 # 12 attribute combinations: every colour twice, every shape 4 times, every direction 3 times
 PROMPT_SET = [(0, 0, "left"), (1, 1, "right"), (2, 2, "up"), (3, 0, "down"), (4, 1, "up"), (5, 2, "left"),
