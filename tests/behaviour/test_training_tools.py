@@ -15,7 +15,8 @@ import behaviour_metrics
 import direction_task
 import synthetic_data as sd
 import train_dit
-from detectors import detect
+import train_small_model
+from detectors import detect, shape_mask
 from stepvideo_pack.model_loaders.dit_loader import load_dit
 from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder
 from stepvideo_pack.model_loaders.vae_loader import load_vae
@@ -121,8 +122,6 @@ def test_direction_task_clips_move_as_captioned_and_a_short_run_reports_the_swap
 def test_shape_cell_weights_mark_the_cells_the_shape_covers():
     """Stage dit_shapes weights the loss on the latent cells a shape touches (plain backgrounds only):
     every 16-pixel cell the shape covers by a quarter or more gets 1 + weight, no cell free of it does."""
-    import train_small_model
-    from detectors import shape_mask
     for index in range(6):
         spec = sd.sample_clip_spec(5, index, background="plain", shape=index % 3)
         frames = sd.render_clip(spec, 128)[:17]
