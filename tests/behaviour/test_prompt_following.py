@@ -58,8 +58,9 @@ def test_the_dit_relies_on_the_colour_and_direction_words(tiny):
     A swap the DiT ignores scores ~0, a used one scores the share of the prediction it decides.
     Measured on the shipped weights: colour 44.8%, direction 15.0%, moving vs "stays still" 9.7%,
     empty caption 11.6%; shape 2.2% (TRAINING.md: the shape is decided at lower noise levels). The
-    model shipped before the curriculum: direction 0.25%, "stays still" 0.06%. Criteria: colour >= 10% and more than the empty
-    caption (a wrong colour word costs more than no caption), direction and "stays still" >= 5%."""
+    model shipped before the curriculum: direction 0.25%, "stays still" 0.06%. Criteria: colour >= 10%
+    and more than the empty caption (a wrong colour word costs more than no caption), direction and
+    "stays still" >= 5%."""
     result = bm.caption_reliance(tiny)
     percent = result["percent"]
     assert percent["colour"] >= 10.0 and percent["colour"] > percent["empty"], result
