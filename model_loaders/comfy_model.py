@@ -27,7 +27,7 @@ import comfy.utils
 from ..networks.attention import resolve_backend
 from ..networks.dit import StepVideoDiT
 from ..samplers.flow_schedule import DEFAULT_SHIFT, comfy_velocity, timestep_from_sigma
-from .dit_loader import WHAT, detect_dit_config, dit_weights
+from .dit_loader import WHAT, detect_dit_config, dit_weights, trained_clean_known
 from .materialize import FP8_DTYPES, load_into
 from .memory import dit_activation_bytes
 
@@ -158,6 +158,7 @@ def load_stepvideo_model(path, weight_dtype="default (bf16)", attention="sdpa", 
         log.warning(message)
     model.diffusion_model.attention_backend = backend
     model.diffusion_model.chunk_tokens = chunk_tokens
+    model.diffusion_model.clean_known = trained_clean_known(weights)
     log.info("Step-Video DiT %s: %d layers, %d heads x %d, weights %s, compute %s, attention %s",
              dit_config.variant, dit_config.num_layers, dit_config.num_heads, dit_config.head_dim,
              storage, manual_cast or compute, backend)

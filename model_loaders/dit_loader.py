@@ -18,6 +18,10 @@ from .weight_files import open_weights
 
 WHAT = "Step-Video DiT"
 SIGNATURE = "transformer_blocks.0.attn1.wqkv.weight"
+# safetensors metadata: how the DiT was trained to see the known latents of a window (samplers/flow_euler.py).
+# Absent (the released weights): "renoised", like every ComfyUI noise_mask sampler.
+KNOWN_LATENTS_KEY = "stepvideo.known_latents"
+KNOWN_LATENTS = ("renoised", "clean")
 
 
 def dit_weights(path):
@@ -57,6 +61,15 @@ def detect_dit_config(weights) -> DiTConfig:
         patch_size=p, image_condition=image_condition)
 
 
+def trained_clean_known(weights):
+    """True when the checkpoint says its DiT sees known latents clean (metadata :data:`KNOWN_LATENTS_KEY`)."""
+    value = weights.metadata().get(KNOWN_LATENTS_KEY, KNOWN_LATENTS[0])
+    if value not in KNOWN_LATENTS:
+        raise CheckpointError(f"{weights.source}: safetensors metadata {KNOWN_LATENTS_KEY!r} is {value!r}; expected "
+                              f"one of {', '.join(map(repr, KNOWN_LATENTS))}.")
+    return value == "clean"
+
+
 def load_dit(path, weight_dtype=torch.bfloat16, compute_dtype=None, device="cpu", operations=None):
     """A ready StepVideoDiT from an official folder/index/single file.
 
@@ -71,4 +84,6 @@ def load_dit(path, weight_dtype=torch.bfloat16, compute_dtype=None, device="cpu"
     if operations is None:
         operations = CastOps if weight_dtype != compute_dtype else DEFAULT_OPERATIONS
     model = build_on_meta(lambda: StepVideoDiT(config, operations=operations))
-    return load_into(model, weights, WHAT, weight_dtype, compute_dtype, device)
+    model = load_into(model, weights, WHAT, weight_dtype, compute_dtype, device)
+    model.clean_known = trained_clean_known(weights)
+    return model

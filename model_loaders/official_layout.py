@@ -71,10 +71,11 @@ def dit_hub_config(config):
     }
 
 
-def save_transformer(state_dict, root, config, shards=2):
-    """The official ``transformer/`` folder under ``root`` (bf16 as released unless the tensors say otherwise)."""
+def save_transformer(state_dict, root, config, shards=2, metadata=None):
+    """The official ``transformer/`` folder under ``root`` (bf16 as released unless the tensors say otherwise);
+    ``metadata``: safetensors string metadata for every shard (e.g. ``dit_loader.KNOWN_LATENTS_KEY``)."""
     return save_sharded(state_dict, os.path.join(root, TRANSFORMER_DIR), "diffusion_pytorch_model", shards,
-                        config=dit_hub_config(config))
+                        config=dit_hub_config(config), metadata=metadata)
 
 
 def save_vae(module_state_dict, root):

@@ -79,6 +79,15 @@ class WeightFiles:
             handle = self._handles[entry.file] = safe_open(entry.file, framework="pt", device="cpu")
         return handle.get_tensor(entry.stored_key)
 
+    def metadata(self):
+        """The string metadata of the safetensors files, merged ({} for pickled files)."""
+        merged = {}
+        if self._pickled is None:
+            for file in self.files():
+                with safe_open(file, framework="pt", device="cpu") as handle:
+                    merged.update(handle.metadata() or {})
+        return merged
+
     def close(self):
         self._handles.clear()
         self._pickled = None

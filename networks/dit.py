@@ -234,6 +234,7 @@ class StepVideoDiT(nn.Module):
         self.proj_out = operations.Linear(dim, config.patch_size ** 2 * config.out_channels, device=device, dtype=dtype)
         self.attention_backend = "sdpa"
         self.chunk_tokens = None
+        self.clean_known = False  # trained to see a window's known latents clean (set by the loaders)
 
     def embed_context(self, llm_states, clip_states, mask, dtype):
         """[CLIP ; LLM] cross-attention context, truncated to the longest valid length in the batch.

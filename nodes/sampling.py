@@ -26,8 +26,12 @@ class OfficialEulerSampler(comfy.samplers.Sampler):
 
     The guider returns the CFG-combined denoised estimate x0; in the flow convention the velocity is
     (x - x0) / sigma, so every step is exactly the official x <- x + v (sigma_next - sigma).
-    ``noise_mask`` is applied by our loop (known latents re-noised each step, copied exactly at the end).
+    ``noise_mask`` is applied by our loop: known latents re-noised each step, or given clean to a DiT
+    trained that way (``clean_known``), and copied exactly at the end.
     """
+
+    def __init__(self, clean_known=False):
+        self.clean_known = clean_known
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -44,7 +48,7 @@ class OfficialEulerSampler(comfy.samplers.Sampler):
                 callback(i, denoised, x, total)
 
         return sample_flow_euler(velocity, noise, sigmas.float().cpu(), latent=latent_image, mask=denoise_mask,
-                                 callback=on_step)
+                                 callback=on_step, clean_known=self.clean_known)
 
 
 def check_memory(model, samples, cfg):
@@ -82,7 +86,8 @@ def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, sh
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     callback = callback or latent_preview.prepare_callback(model, len(sigmas) - 1)
-    out = guider.sample(noise, samples, OfficialEulerSampler(), sigmas, denoise_mask=latent.get("noise_mask"),
+    sampler = OfficialEulerSampler(clean_known=model.model.diffusion_model.clean_known)
+    out = guider.sample(noise, samples, sampler, sigmas, denoise_mask=latent.get("noise_mask"),
                         callback=callback, seed=seed)
     return {**latent, "samples": out.to(comfy.model_management.intermediate_device())}
 

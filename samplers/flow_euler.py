@@ -21,7 +21,8 @@ def start_latent(noise, sigma, latent=None):
     return sigma * noise + (1 - sigma) * latent
 
 
-def sample_flow_euler(velocity, noise, sigmas, latent=None, mask=None, callback=None, step_mask=None):
+def sample_flow_euler(velocity, noise, sigmas, latent=None, mask=None, callback=None, step_mask=None,
+                      clean_known=False):
     """Integrate from ``sigmas[0]`` to ``sigmas[-1]`` with Euler steps.
 
     Args:
@@ -35,6 +36,9 @@ def sample_flow_euler(velocity, noise, sigmas, latent=None, mask=None, callback=
         callback: f(step, x, denoised) after each step, for progress/preview/interrupt.
         step_mask: optional f(step) -> mask used instead of ``mask`` before model call ``step`` (e.g.
             randomized blending, ``modes.random_cut_masks``); the result is still composed with ``mask``.
+        clean_known: give the model the known positions clean (``latent`` itself) at every step instead
+            of re-noised, for DiTs trained that way (their checkpoints say so in the safetensors metadata
+            ``model_loaders.dit_loader.KNOWN_LATENTS_KEY``; the released weights do not).
 
     Returns the float32 sample at ``sigmas[-1]``.
     """
@@ -51,7 +55,7 @@ def sample_flow_euler(velocity, noise, sigmas, latent=None, mask=None, callback=
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         current = mask if step_mask is None else step_mask(i).float()
         if current is not None:
-            x = current * x + (1 - current) * start_latent(noise, sigma, latent)
+            x = current * x + (1 - current) * (latent if clean_known else start_latent(noise, sigma, latent))
         v = velocity(x, sigma).float()
         if callback is not None:
             callback(i, x, x - sigma * v)

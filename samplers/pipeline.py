@@ -59,11 +59,13 @@ def dit_velocity(dit, cond, uncond=None, guidance=1.0, condition=None, motion_sc
 
 
 def sample(dit, cond, uncond, latent, seed=0, steps=30, guidance=9.0, shift=DEFAULT_SHIFT, denoise=1.0, mask=None,
-           condition=None, motion_score=5.0, callback=None, step_mask=None):
+           condition=None, motion_score=5.0, callback=None, step_mask=None, clean_known=None):
     """Sample a (B, C, T, h, w) latent with the official Euler loop; ``latent`` is the start (zeros for T2V).
 
-    ``mask``/``step_mask``: known frames (``flow_euler.sample_flow_euler``)."""
+    ``mask``/``step_mask``/``clean_known``: known frames (``flow_euler.sample_flow_euler``); ``clean_known``
+    None follows the DiT's checkpoint (``dit.clean_known``)."""
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
     velocity = dit_velocity(dit, cond, uncond, guidance, condition, motion_score)
+    clean_known = dit.clean_known if clean_known is None else clean_known
     return sample_flow_euler(velocity, noise, partial_noise_levels(steps, shift, denoise), latent=latent, mask=mask,
-                             callback=callback, step_mask=step_mask)
+                             callback=callback, step_mask=step_mask, clean_known=clean_known)

@@ -56,9 +56,9 @@ def tiny_dit(config=TINY_DIT, seed=0, dtype=torch.bfloat16):
     return randomize_(StepVideoDiT(config), seed).to(dtype)
 
 
-def write_transformer(root, config=TINY_DIT, seed=0, shards=2):
+def write_transformer(root, config=TINY_DIT, seed=0, shards=2, metadata=None):
     model = tiny_dit(config, seed)
-    return official_layout.save_transformer(model.state_dict(), root, config, shards=shards)
+    return official_layout.save_transformer(model.state_dict(), root, config, shards=shards, metadata=metadata)
 
 
 def write_vae(root, config=TINY_VAE, seed=2):

@@ -14,11 +14,13 @@ from safetensors.torch import save_file
 
 import tiny_checkpoints
 from stepvideo_pack.media.mp4 import write_mp4
+from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY
 from stepvideo_pack.networks.dit import DiTConfig
 from workflow_specs import INPUT_FILES, T2V, TI2V, TURBO
 
 WIDTH, HEIGHT = 96, 64
 BROKEN = "stepvideo-broken"
+CLEAN_CONTEXT = "stepvideo-t2v-clean-context"  # the t2v DiT, its checkpoint marked as trained with clean known latents
 MISSING_SHARD = "diffusion_pytorch_model-00002-of-00002.safetensors"
 
 
@@ -41,6 +43,10 @@ def stepvideo_models(host_models_dir):
     broken = shutil.copytree(folders[T2V], os.path.join(root, BROKEN))
     os.remove(os.path.join(broken, "transformer", MISSING_SHARD))
     folders[BROKEN] = broken
+    clean = shutil.copytree(folders[T2V], os.path.join(root, CLEAN_CONTEXT))
+    shutil.rmtree(os.path.join(clean, "transformer"))
+    tiny_checkpoints.write_transformer(clean, metadata={KNOWN_LATENTS_KEY: "clean"})
+    folders[CLEAN_CONTEXT] = clean
     return folders
 
 

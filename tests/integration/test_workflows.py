@@ -14,7 +14,8 @@ from safetensors.torch import load
 import build_workflows
 from comfy_host import PromptRejected, status_str
 from stepvideo_pack.media.mp4 import read_mp4_frames, read_mp4_metadata
-from stepvideo_setup import BROKEN, HEIGHT, MISSING_SHARD, WIDTH, shrink
+from stepvideo_setup import BROKEN, CLEAN_CONTEXT, HEIGHT, MISSING_SHARD, WIDTH, shrink
+from workflow_specs import T2V, TURBO
 
 WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
 # workflow -> frames of the saved video with the sizes of stepvideo_setup.SMALL (clips are 34 frames)
@@ -111,16 +112,37 @@ def test_stock_ksampler_on_our_model_matches_the_official_sampler(comfy_client, 
     assert float((ours - stock).abs().max()) <= 1e-3 * max(1.0, float(ours.abs().max()))
 
 
-def test_extension_keeps_the_encoded_clip_bit_identical(comfy_client, stepvideo_models, stepvideo_inputs):
+def _extension_latents(comfy_client, dit_folder):
+    """extend_video with the DiT from models/stepvideo/``dit_folder``: (encoded clip, joined) latents."""
     prompt = shrink(load_workflow("extend_video", api=True))
     encode = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoVAEEncode")
     join = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoJoinWindow")
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoDiTLoader")
+    prompt[loader]["inputs"]["model_name"] = dit_folder
     prompt["91"] = {"class_type": "SaveLatent", "inputs": {"samples": [encode, 0], "filename_prefix": "test/clip"}}
     prompt["92"] = {"class_type": "SaveLatent", "inputs": {"samples": [join, 0], "filename_prefix": "test/joined"}}
     entry = comfy_client.run_prompt(prompt, timeout=300)
-    clip, joined = _saved_latent(comfy_client, entry, "91"), _saved_latent(comfy_client, entry, "92")
+    return _saved_latent(comfy_client, entry, "91"), _saved_latent(comfy_client, entry, "92")
+
+
+def test_extension_keeps_the_encoded_clip_bit_identical(comfy_client, stepvideo_models, stepvideo_inputs):
+    clip, joined = _extension_latents(comfy_client, T2V)
     assert clip.shape[2] == 6 and joined.shape[2] == 9
     assert np.array_equal(joined[:, :, :6].numpy(), clip.numpy())
+
+
+def test_a_checkpoint_trained_with_clean_context_is_sampled_that_way(comfy_client, stepvideo_models,
+                                                                     stepvideo_inputs):
+    """The same DiT weights, once marked in the safetensors metadata as trained with clean known latents:
+    the host's sampler then gives it the known chunk clean, so the new chunk comes out different (an
+    unmarked copy of the weights gives the same latents bit for bit), and the clip is kept bit-identical."""
+    clip, renoised = _extension_latents(comfy_client, T2V)
+    _, same_weights = _extension_latents(comfy_client, TURBO)
+    _, clean = _extension_latents(comfy_client, CLEAN_CONTEXT)
+    assert np.array_equal(same_weights.numpy(), renoised.numpy())
+    assert np.array_equal(clean[:, :, :6].numpy(), clip.numpy())
+    change = float((clean[:, :, 6:] - renoised[:, :, 6:]).abs().max())
+    assert change > 1e-3 * float(renoised[:, :, 6:].abs().max()), change
 
 
 def test_missing_shard_is_a_clear_error_in_history(comfy_client, stepvideo_models):

@@ -55,6 +55,20 @@ def test_sharded_official_folder_loads_and_matches_the_saved_model(tmp_path):
         assert torch.equal(loaded(**inputs), reference(**inputs))
 
 
+def test_checkpoint_metadata_says_how_known_latents_are_seen(tmp_path):
+    """The released weights carry no such metadata (re-noised known latents, ComfyUI's noise_mask);
+    a checkpoint trained with clean context says so, and an unknown value is named."""
+    from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY
+    from stepvideo_pack.model_loaders.official_layout import save_transformer
+    state = tiny_dit(seed=5).state_dict()
+    assert load_dit(save_transformer(state, str(tmp_path / "plain"), TINY_DIT)).clean_known is False
+    clean = save_transformer(state, str(tmp_path / "clean"), TINY_DIT, metadata={KNOWN_LATENTS_KEY: "clean"})
+    assert load_dit(clean).clean_known is True
+    odd = save_transformer(state, str(tmp_path / "odd"), TINY_DIT, metadata={KNOWN_LATENTS_KEY: "sharp"})
+    with pytest.raises(CheckpointError, match="stepvideo.known_latents.*'sharp'.*'renoised', 'clean'"):
+        load_dit(odd)
+
+
 def test_single_file_with_comfy_prefix_loads(tmp_path):
     reference = tiny_dit(seed=4)
     path = tmp_path / "stepvideo_tiny.safetensors"

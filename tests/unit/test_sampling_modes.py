@@ -68,6 +68,24 @@ def test_known_frames_come_out_bit_identical_and_the_rest_follows_the_model():
         torch.testing.assert_close(x0, (1 - sigma) * given[:, :, 0] + sigma * noise[:, :, 0])
 
 
+def test_clean_known_frames_reach_the_model_clean_and_come_out_bit_identical():
+    """A DiT trained with clean context (``dit.clean_known``) sees the known latents as given at every
+    noise level instead of re-noised; the result still copies them exactly."""
+    target, noise, given = video(6), video(7), video(8)
+    mask = torch.ones(1, 1, 9, 2, 3)
+    mask[:, :, :3] = 0
+    seen = []
+
+    def recording(x, sigma):
+        seen.append(x[:, :, :3].clone())
+        return oracle(target)(x, sigma)
+
+    out = sample_flow_euler(recording, noise, noise_levels(5), latent=given, mask=mask, clean_known=True)
+    assert len(seen) == 5 and all(torch.equal(x, given[:, :, :3]) for x in seen)
+    assert torch.equal(out[:, :, :3], given[:, :, :3])
+    torch.testing.assert_close(out[:, :, 3:], target[:, :, 3:], rtol=0, atol=1e-5)
+
+
 def test_cfg_and_mask_together_keep_known_frames_exact():
     target_c, target_u, noise, given = video(9), video(10), video(11), video(12)
     mask = torch.ones(1, 1, 9, 2, 3)
