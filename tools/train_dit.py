@@ -16,10 +16,12 @@ generation modes sample:
     A B      6 latents  34-frame video, extension forward/backward (one chunk known)
     A B + 1  7 latents  two-chunk keyframe interpolation
 
-Known latents are handled at sampling time by re-noising them to the current level (ComfyUI's
-noise_mask, see samplers/flow_euler.py) and the DiT has a single timestep per sample, so the right
-training for every mode is plain joint denoising of these windows: the model learns how the frames
-of a window belong together, and the modes condition on the known ones by replacement.
+The modes keep some latents of a window known. A sampler can re-noise them to the current level at
+every step (ComfyUI's noise_mask; what the released weights expect), for which plain joint denoising
+of these windows is the training; or give them clean (samplers/flow_euler.py, ``clean_known``), for
+which the later phases train a share of the samples with exactly those latents clean and left out of
+the loss (:func:`known_latents`). The DiT has one timestep per sample, so it tells the clean latents
+from the noised ones by their content; a checkpoint trained so says it in its metadata.
 
 Text: the caption of the window in English or Chinese, composed like the nodes do (official magic
 suffixes with probability 0.75, else bare), replaced by the negative/empty prompt with probability
@@ -57,6 +59,14 @@ WINDOWS = {  # name: (latent slice, pixel-frame window of the caption, probabili
     "A+1": (slice(0, 4), (0, 18), 0.15),
     "AB": (slice(0, 6), (0, 34), 0.25),
     "AB+1": (slice(0, 7), (0, 35), 0.15),
+}
+# the latents each generation mode keeps known in a window (samplers/modes.py), for the clean-known variants
+KNOWN_LATENTS = {
+    "A": ((0,),),                        # image-to-video
+    "B": ((0,),),
+    "A+1": ((0, 3),),                    # keyframes, one chunk
+    "AB": ((0, 1, 2), (3, 4, 5), (0,)),  # extension forward / backward, two-chunk image-to-video
+    "AB+1": ((0, 6),),                   # keyframes, two chunks
 }
 TOKENS_PER_BATCH = 1600  # batch size = this / tokens of one window
 
@@ -173,19 +183,40 @@ def shape_cell_weights(data, weight):
     return 1 + weight * touched.float()
 
 
-def flow_matching_loss(model, data, noise, sigma, text, shape_weight=0.0):
+def known_latents(name, batch, rng, probability):
+    """(B, T, 1, 1, 1) bool, True at the latents a sample keeps clean: with ``probability`` one of the
+    window's :data:`KNOWN_LATENTS` sets (drawn per sample), else none. None when ``probability`` is 0."""
+    if not probability:
+        return None
+    frames = WINDOWS[name][0].stop - WINDOWS[name][0].start
+    known = torch.zeros(batch, frames, 1, 1, 1, dtype=torch.bool)
+    for row in range(batch):
+        if rng.uniform() < probability:
+            choices = KNOWN_LATENTS[name]
+            known[row, list(choices[rng.integers(len(choices))])] = True
+    return known
+
+
+def flow_matching_loss(model, data, noise, sigma, text, shape_weight=0.0, known=None):
     """The official objective: the DiT (under bf16 autocast, as at inference) predicts the velocity
     data - noise from x_t = (1 - sigma) data + sigma noise at t = 1 - sigma; mean squared error, or with
     ``shape_weight`` the mean weighted by :func:`shape_cell_weights` (normalised by the mean weight).
+    ``known`` (B, T, 1, 1, 1) bool: latents given clean (x_t = data, as a clean-known sampler gives
+    them) and left out of the loss.
 
     data, noise (B, T, C, h, w); sigma (B,); text: the DiT's text inputs (``TextBank.batch``)."""
     s = sigma[:, None, None, None, None]
+    noised = (1 - s) * data + s * noise
+    if known is not None:
+        noised = torch.where(known, data, noised)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        prediction = model((1 - s) * data + s * noise, 1 - sigma, **text)
+        prediction = model(noised, 1 - sigma, **text)
     squared = (prediction.float() - (data - noise)) ** 2
-    if not shape_weight:
+    if not shape_weight and known is None:
         return squared.mean()
-    weights = shape_cell_weights(data, shape_weight)
+    weights = shape_cell_weights(data, shape_weight) if shape_weight else torch.ones_like(squared[:, :, :1])
+    if known is not None:
+        weights = weights * ~known
     return (weights * squared).mean() / weights.mean()
 
 
@@ -203,12 +234,13 @@ class EMA:
 
 def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_decay=0.998, checkpoint=None,
               checkpoint_every=100, start_step=0, optimizer_state=None, ema_state=None, phase_start=0,
-              sigma_range=None, cosine_end=None, shape_weight=0.0):
+              sigma_range=None, cosine_end=None, shape_weight=0.0, clean_known=0.0):
     """Train ``model`` in place on ``latents`` (N, 7, z, h, w) of the clips ``specs``, steps ``start_step``
     to ``steps``; the learning rate warms up over 100 steps from ``phase_start`` and follows a cosine
     from ``lr`` to ``lr / 10`` between ``phase_start`` and ``cosine_end`` (default ``steps``; a later
     phase continues a finished run with its own schedule). Noise levels: :func:`sample_sigma`; loss:
-    :func:`flow_matching_loss` (``shape_weight``: on clips with a plain background only).
+    :func:`flow_matching_loss` (``shape_weight``: on clips with a plain background only); ``clean_known``:
+    the share of samples whose mode-known latents are given clean (:func:`known_latents`).
 
     Returns the EMA weights (state dict). Each step's randomness comes from (seed, step), so a run
     resumed from a checkpoint continues exactly.
@@ -239,7 +271,8 @@ def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_d
         warm = min(1.0, (step + 1 - phase_start) / 100)
         for group in optimizer.param_groups:
             group["lr"] = cosine_learning_rate(lr, (step - phase_start) / ((cosine_end or steps) - phase_start), warm)
-        loss = flow_matching_loss(model, data, noise, sigma, text, shape_weight)
+        known = known_latents(name, batch, np.random.default_rng([seed, step, 5]), clean_known)
+        loss = flow_matching_loss(model, data, noise, sigma, text, shape_weight, known)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))

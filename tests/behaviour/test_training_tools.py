@@ -47,12 +47,13 @@ def test_quick_training_run_writes_a_loadable_official_layout(tmp_path):
     dit = load_dit(str(out / "transformer"))
     vae = load_vae(str(out / "vae" / "vae_v2.safetensors"))
     assert dit.config.in_channels == vae.config.decoder.z_channels == 16
+    assert dit.clean_known  # the last phases train clean known latents, and the checkpoint says so
     embeddings = StepVideoTextEncoder(str(out / "step_llm"), str(out / "hunyuan_clip")).encode(
         ["a red circle moves to the left", "红色圆形向左移动"])
     assert torch.isfinite(embeddings.llm_states.float()).all()
     with open(work / "logs" / "dit.csv", encoding="utf-8") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert steps == list(range(9))  # the four DiT phases (3, 2, 2 and 2 steps) in one log
+    assert steps == list(range(13))  # the six DiT phases (3, 2, 2, 2, 2 and 2 steps) in one log
 
 
 def test_ideal_denoiser_recovers_the_clip_and_pays_for_a_wrong_attribute():
@@ -130,3 +131,31 @@ def test_shape_cell_weights_mark_the_cells_the_shape_covers():
         assert set(weights.unique().tolist()) == {1.0, 5.0}
         coverage = torch.from_numpy(shape_mask(frames[:1])[0].astype(np.float32)).reshape(8, 16, 8, 16).mean((1, 3))
         assert (weights[coverage >= 0.25] == 5.0).all() and (weights[coverage == 0] == 1.0).all(), (coverage, weights)
+
+
+def test_clean_known_variants_keep_the_modes_latents_clean_and_out_of_the_loss():
+    """With clean_known, a share of the samples gets the latents a mode keeps known (image-to-video,
+    keyframes, extension) clean: the DiT sees the data there, and only the other latents are scored."""
+    rng = np.random.default_rng(0)
+    known = train_dit.known_latents("AB", 400, rng, 0.5)
+    rows = {tuple(torch.nonzero(k.flatten()).flatten().tolist()) for k in known}
+    assert rows == {(), (0, 1, 2), (3, 4, 5), (0,)}
+    assert 150 < int(known.flatten(1).any(1).sum()) < 250
+    assert train_dit.known_latents("AB", 4, rng, 0.0) is None
+
+    data, noise = torch.randn(2, 6, 4, 2, 2), torch.randn(2, 6, 4, 2, 2)
+    known = torch.zeros(2, 6, 1, 1, 1, dtype=torch.bool)
+    known[0, :3] = True
+    seen = []
+
+    def model(x, t, **_):
+        seen.append(x.float())
+        return torch.zeros_like(x)
+
+    sigma = torch.tensor([0.7, 0.3])
+    loss = train_dit.flow_matching_loss(model, data, noise, sigma, {}, known=known)
+    assert torch.equal(seen[0][0, :3], data[0, :3])
+    assert not torch.allclose(seen[0][0, 3:], data[0, 3:], atol=1e-2)
+    squared = (data - noise) ** 2
+    expected = torch.cat([squared[0, 3:].flatten(), squared[1].flatten()]).mean()
+    torch.testing.assert_close(loss, expected)
