@@ -12,12 +12,15 @@ checkpoint in --work):
             (tools/constructed_vae.py; why not learnt: TRAINING.md) -> OUT/vae/vae_v2.safetensors
 3. latents  the DiT's training clips encoded by that codec (checked against the shipped file): the
             dataset, and two slices of it for the curriculum (DATASETS)
-4-7.        our DiT (6 layers, one 128-wide head, 2 x 2 patches) trained by flow matching
+4-9.        our DiT (6 layers, one 128-wide head, 2 x 2 patches) trained by flow matching
             (tools/train_dit.py) in a curriculum (DIT_PHASES; why: TRAINING.md) -> OUT/transformer/
    dit_red     one red circle on plain ground doing every action, noise levels in [0.4, 0.9]
    dit_varied  the six colours and three shapes on plain ground, every action, [0.4, 0.9]
    dit_all     the dataset, every noise level (the shipped logit-normal)
    dit_shapes  back on plain ground, [0.2, 0.7], the loss on the shape's latent cells weighted 5x
+   dit_context the dataset, every noise level, half the samples with the modes' known latents clean
+               (the checkpoint says so in its metadata; the samplers then give them clean)
+   dit_context_shapes  plain ground, [0.2, 0.7], shape cells weighted 6x, known latents as dit_context
 
 Stage text writes its per-step numbers to tools/logs/text_encoders.csv, the DiT phases theirs to
 tools/logs/dit.csv (one log, the step count runs on). Everything random is derived from
@@ -44,6 +47,7 @@ import torch  # noqa: E402
 
 import pack_import  # noqa: E402,F401
 from stepvideo_pack.model_loaders import official_layout  # noqa: E402
+from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY  # noqa: E402
 from stepvideo_pack.media.frames import images_to_video  # noqa: E402
 from stepvideo_pack.model_loaders.vae_loader import load_vae  # noqa: E402
 
@@ -60,11 +64,14 @@ DATASETS = {  # latent cache: (data seed = --seed + this, clip attributes pinned
     "latents_plain": (400, {"background": "plain"}),
 }
 DIT_PHASES = (  # the DiT's curriculum (TRAINING.md): stage, latent cache, noise levels (None: the shipped
-    # logit-normal, else uniform in the range), peak learning rate, extra loss weight on the shape's cells
-    ("dit_red", "latents_red_circles", (0.4, 0.9), 1e-3, 0.0),
-    ("dit_varied", "latents_plain", (0.4, 0.9), 5e-4, 0.0),
-    ("dit_all", "latents", None, 3e-4, 0.0),
-    ("dit_shapes", "latents_plain", (0.2, 0.7), 3e-4, 4.0),
+    # logit-normal, else uniform in the range), peak learning rate, extra loss weight on the shape's cells,
+    # share of samples with the modes' known latents given clean (train_dit.known_latents)
+    ("dit_red", "latents_red_circles", (0.4, 0.9), 1e-3, 0.0, 0.0),
+    ("dit_varied", "latents_plain", (0.4, 0.9), 5e-4, 0.0, 0.0),
+    ("dit_all", "latents", None, 3e-4, 0.0, 0.0),
+    ("dit_shapes", "latents_plain", (0.2, 0.7), 3e-4, 4.0, 0.0),
+    ("dit_context", "latents", None, 3e-4, 0.0, 0.5),
+    ("dit_context_shapes", "latents_plain", (0.2, 0.7), 3e-4, 5.0, 0.5),
 )
 SCHEDULE = {  # text steps, clips per latent cache, and (steps, cosine length) per DiT phase
     "text_steps": 250,
@@ -73,9 +80,11 @@ SCHEDULE = {  # text steps, clips per latent cache, and (steps, cosine length) p
     "dit_varied": (3000, 3000),
     "dit_all": (2500, 2500),
     "dit_shapes": (2000, 2000),
+    "dit_context": (2500, 2500),
+    "dit_context_shapes": (2000, 2000),
 }
 QUICK = {"text_steps": 5, "latent_clips": 8, "dit_red": (3, 5), "dit_varied": (2, 2), "dit_all": (2, 2),
-         "dit_shapes": (2, 2)}
+         "dit_shapes": (2, 2), "dit_context": (2, 2), "dit_context_shapes": (2, 2)}
 
 
 class CsvLog:
@@ -182,7 +191,7 @@ def train_phase(args, schedule, index):
     noise levels, continuing from the step where the previous phases end. Resumable from its own
     checkpoint, else started from the previous phase's (its weights, EMA and step count; a fresh
     optimizer, 100-step warm-up and cosine), else from the initialisation; writes OUT/transformer."""
-    stage, cache, sigma_range, lr, shape_weight = DIT_PHASES[index]
+    stage, cache, sigma_range, lr, shape_weight, clean_known = DIT_PHASES[index]
     phase_start = sum(schedule[name][0] for name, *_ in DIT_PHASES[:index])
     steps, cosine_length = schedule[stage]
     start_from = f"{DIT_PHASES[index - 1][0]}.pt" if index else None
@@ -221,9 +230,12 @@ def train_phase(args, schedule, index):
     ema = train_dit.train_dit(model, data["mean"], specs, bank, phase_start + steps, args.seed, log, lr=lr,
                               checkpoint=checkpoint, start_step=start, optimizer_state=optimizer_state,
                               ema_state=ema_state, phase_start=phase_start, sigma_range=sigma_range,
-                              cosine_end=phase_start + cosine_length, shape_weight=shape_weight)
+                              cosine_end=phase_start + cosine_length, shape_weight=shape_weight,
+                              clean_known=clean_known)
     state = {k: v.to(torch.bfloat16) for k, v in ema.items()}
-    official_layout.save_transformer(state, args.out, train_dit.DIT_CONFIG, shards=1)
+    trained_clean = any(phase[-1] for phase in DIT_PHASES[:index + 1])
+    official_layout.save_transformer(state, args.out, train_dit.DIT_CONFIG, shards=1,
+                                     metadata={KNOWN_LATENTS_KEY: "clean"} if trained_clean else None)
     return {"seconds": time.time() - started}
 
 
