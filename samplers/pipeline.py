@@ -59,13 +59,12 @@ def dit_velocity(dit, cond, uncond=None, guidance=1.0, condition=None, motion_sc
 
 
 def sample(dit, cond, uncond, latent, seed=0, steps=30, guidance=9.0, shift=DEFAULT_SHIFT, denoise=1.0, mask=None,
-           condition=None, motion_score=5.0, callback=None, step_mask=None, clean_known=None):
+           condition=None, motion_score=5.0, callback=None, step_mask=None):
     """Sample a (B, C, T, h, w) latent with the official Euler loop; ``latent`` is the start (zeros for T2V).
 
-    ``mask``/``step_mask``/``clean_known``: known frames (``flow_euler.sample_flow_euler``); ``clean_known``
-    None follows the DiT's checkpoint (``dit.clean_known``)."""
+    ``mask``/``step_mask``: known frames (``flow_euler.sample_flow_euler``), given clean when the DiT's
+    checkpoint says it was trained so (``dit.clean_known``)."""
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
     velocity = dit_velocity(dit, cond, uncond, guidance, condition, motion_score)
-    clean_known = dit.clean_known if clean_known is None else clean_known
     return sample_flow_euler(velocity, noise, partial_noise_levels(steps, shift, denoise), latent=latent, mask=mask,
-                             callback=callback, step_mask=step_mask, clean_known=clean_known)
+                             callback=callback, step_mask=step_mask, clean_known=dit.clean_known)
