@@ -61,7 +61,7 @@ WINDOWS = {  # name: (latent slice, pixel-frame window of the caption, probabili
     "AB+1": (slice(0, 7), (0, 35), 0.15),
 }
 # the latents each generation mode keeps known in a window (samplers/modes.py), for the clean-known variants
-KNOWN_LATENTS = {
+MODE_KNOWN_LATENTS = {
     "A": ((0,),),                        # image-to-video
     "B": ((0,),),
     "A+1": ((0, 3),),                    # keyframes, one chunk
@@ -185,14 +185,14 @@ def shape_cell_weights(data, weight):
 
 def known_latents(name, batch, rng, probability):
     """(B, T, 1, 1, 1) bool, True at the latents a sample keeps clean: with ``probability`` one of the
-    window's :data:`KNOWN_LATENTS` sets (drawn per sample), else none. None when ``probability`` is 0."""
+    window's :data:`MODE_KNOWN_LATENTS` sets (drawn per sample), else none. None when ``probability`` is 0."""
     if not probability:
         return None
     frames = WINDOWS[name][0].stop - WINDOWS[name][0].start
     known = torch.zeros(batch, frames, 1, 1, 1, dtype=torch.bool)
     for row in range(batch):
         if rng.uniform() < probability:
-            choices = KNOWN_LATENTS[name]
+            choices = MODE_KNOWN_LATENTS[name]
             known[row, list(choices[rng.integers(len(choices))])] = True
     return known
 
