@@ -55,6 +55,9 @@ HOST_EXTRA_REQUIREMENTS = ["requests"]
 SKIPPED_HOST_REQUIREMENTS = {"torch", "torchvision", "torchaudio", "spandrel",
                              "comfyui-workflow-templates", "comfyui-embedded-docs"}
 
+# Measured size of a finished .venv/ (1.82 GB on 2026-12-05) plus room for pip's unpacking.
+FRESH_INSTALL_BYTES = 2_200_000_000
+
 SHIM_NAME = "_stepvideo_torchvision_shim"
 SHIM_SOURCE = '''"""Installed by scripts/bootstrap.py: lets the CUDA torchvision wheel import on CPU-only torch.
 
@@ -140,8 +143,29 @@ def run_logged(cmd, log_name, what):
         # pip's config lists local indexes with missing folders: drop that noise from the excerpt
         lines = [l for l in read_text(log_path).splitlines() if "is ignored: it is neither" not in l]
         tail = "\n".join("    " + l for l in lines[-40:])
-        raise BootstrapError(f"{what} failed (exit {rc}). Full log: {log_path}\nLast lines:\n{tail}")
+        hint = ""
+        if any("No space left on device" in l for l in lines):
+            hint = (f"\nThe disk filled up: {shutil.disk_usage(REPO).free / 1e9:.2f} GB free now on the file system "
+                    f"of {REPO}; a fresh environment needs about {FRESH_INSTALL_BYTES / 1e9:.1f} GB.")
+        raise BootstrapError(f"{what} failed (exit {rc}). Full log: {log_path}\nLast lines:\n{tail}{hint}")
     return log_path
+
+
+def tree_bytes(path):
+    return sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(path) for name in names
+               if not os.path.islink(os.path.join(folder, name)))
+
+
+def check_free_space():
+    """Stop with the figures before pip half-fills a disk that cannot hold the environment (what the
+    venv already holds counts towards it; at least 0.3 GB for an update)."""
+    needed = max(FRESH_INSTALL_BYTES - tree_bytes(VENV), 300_000_000)
+    free = shutil.disk_usage(VENV).free
+    if free < needed:
+        raise BootstrapError(f"not enough free disk space for the packages: {free / 1e9:.2f} GB free on the file "
+                             f"system of {VENV}, installing needs about {needed / 1e9:.1f} GB (a fresh "
+                             f".venv/ is ~{FRESH_INSTALL_BYTES / 1e9:.1f} GB with pip's room). Free some space "
+                             f"and run again.")
 
 
 def requirement_name(line):
@@ -258,6 +282,7 @@ def ensure_packages(host):
     if stamp and stamp.get("key") == key and os.path.isfile(os.path.join(site_packages(), SHIM_NAME + ".py")):
         return False
     t0 = time.time()
+    check_free_space()
     os.makedirs(LOG_DIR, exist_ok=True)
     constraints = os.path.join(LOG_DIR, "constraints.txt")
     with open(constraints, "w", encoding="utf-8") as f:
