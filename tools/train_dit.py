@@ -41,6 +41,7 @@ from stepvideo_pack.model_loaders.text_encoder_loader import (load_clip_tokenize
 from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts  # noqa: E402
 from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
 from stepvideo_pack.samplers.flow_schedule import shifted  # noqa: E402
+from stepvideo_pack.samplers.video_geometry import LATENTS_PER_CHUNK  # noqa: E402
 
 import synthetic_data  # noqa: E402
 from text_models import CLIP_MAX_LENGTH, CLIP_WIDTH, LLM_MAX_LENGTH, MAGIC_PROBABILITY, STEP_LLM_CONFIG  # noqa: E402
@@ -183,24 +184,41 @@ def shape_cell_weights(data, weight):
     return 1 + weight * touched.float()
 
 
-def known_latents(name, batch, rng, probability):
+def known_latents(name, batch, rng, probability, sets=None):
     """(B, T, 1, 1, 1) bool, True at the latents a sample keeps clean: with ``probability`` one of the
-    window's :data:`MODE_KNOWN_LATENTS` sets (drawn per sample), else none. None when ``probability`` is 0."""
+    window's known-latent sets (``sets[name]`` if given, else :data:`MODE_KNOWN_LATENTS`), drawn per sample,
+    else none. None when ``probability`` is 0."""
     if not probability:
         return None
     frames = WINDOWS[name][0].stop - WINDOWS[name][0].start
     known = torch.zeros(batch, frames, 1, 1, 1, dtype=torch.bool)
+    choices = (sets or {}).get(name, MODE_KNOWN_LATENTS[name])
     for row in range(batch):
         if rng.uniform() < probability:
-            choices = MODE_KNOWN_LATENTS[name]
             known[row, list(choices[rng.integers(len(choices))])] = True
     return known
 
 
-def flow_matching_loss(model, data, noise, sigma, text, shape_weight=0.0, known=None):
-    """The official objective: the DiT (under bf16 autocast, as at inference) predicts the velocity
-    data - noise from x_t = (1 - sigma) data + sigma noise at t = 1 - sigma; mean squared error, or with
-    ``shape_weight`` the mean weighted by :func:`shape_cell_weights` (normalised by the mean weight).
+def seam_weights(known, weight):
+    """(B, T, 1, 1, 1) loss weights 1 + ``weight`` on the latent next to a known chunk of a two-chunk
+    window (extension: latent 3 when chunk A (0-2) is known, latent 2 when chunk B (3-5) is), 1 elsewhere;
+    the join of an extension is drawn from that latent. known (B, T, 1, 1, 1) bool."""
+    weights = torch.ones(known.shape)
+    if known.shape[1] != 2 * LATENTS_PER_CHUNK:
+        return weights
+    flags = known[:, :, 0, 0, 0]
+    chunk_a, chunk_b = flags[:, :LATENTS_PER_CHUNK].all(1), flags[:, LATENTS_PER_CHUNK:].all(1)
+    weights[chunk_a & ~chunk_b, LATENTS_PER_CHUNK] += weight
+    weights[chunk_b & ~chunk_a, LATENTS_PER_CHUNK - 1] += weight
+    return weights
+
+
+def flow_matching_loss(model, data, noise, sigma, text, shape_weight=0.0, known=None, seam_weight=0.0,
+                       autocast=True):
+    """The official objective: the DiT (under bf16 autocast, as at inference, unless ``autocast`` is
+    False: fp32) predicts the velocity data - noise from x_t = (1 - sigma) data + sigma noise at
+    t = 1 - sigma; mean squared error, or the mean weighted by :func:`shape_cell_weights`
+    (``shape_weight``) and :func:`seam_weights` (``seam_weight``), normalised by the mean weight.
     ``known`` (B, T, 1, 1, 1) bool: latents given clean (x_t = data, as a clean-known sampler gives
     them) and left out of the loss.
 
@@ -209,7 +227,7 @@ def flow_matching_loss(model, data, noise, sigma, text, shape_weight=0.0, known=
     noised = (1 - s) * data + s * noise
     if known is not None:
         noised = torch.where(known, data, noised)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         prediction = model(noised, 1 - sigma, **text)
     squared = (prediction.float() - (data - noise)) ** 2
     if not shape_weight and known is None:
@@ -217,7 +235,20 @@ def flow_matching_loss(model, data, noise, sigma, text, shape_weight=0.0, known=
     weights = shape_cell_weights(data, shape_weight) if shape_weight else torch.ones_like(squared[:, :, :1])
     if known is not None:
         weights = weights * ~known
+        if seam_weight:
+            weights = weights * seam_weights(known, seam_weight)
     return (weights * squared).mean() / weights.mean()
+
+
+def window_probabilities(shares=None):
+    """Probabilities of the :data:`WINDOWS` in their order: ``shares`` {name: p} where given, the rest
+    scaled to fill 1 - sum(shares) in their :data:`WINDOWS` proportions."""
+    base = np.array([WINDOWS[n][2] for n in WINDOWS])
+    if not shares:
+        return base / base.sum()
+    fixed = np.array([n in shares for n in WINDOWS])
+    probs = np.where(fixed, [shares.get(n, 0.0) for n in WINDOWS], base / base[~fixed].sum() * (1 - sum(shares.values())))
+    return probs / probs.sum()
 
 
 class EMA:
@@ -234,19 +265,22 @@ class EMA:
 
 def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_decay=0.998, checkpoint=None,
               checkpoint_every=100, start_step=0, optimizer_state=None, ema_state=None, phase_start=0,
-              sigma_range=None, cosine_end=None, shape_weight=0.0, clean_known=0.0):
+              sigma_range=None, cosine_end=None, shape_weight=0.0, clean_known=0.0, window_shares=None,
+              known_sets=None, seam_weight=0.0, autocast=True):
     """Train ``model`` in place on ``latents`` (N, 7, z, h, w) of the clips ``specs``, steps ``start_step``
     to ``steps``; the learning rate warms up over 100 steps from ``phase_start`` and follows a cosine
     from ``lr`` to ``lr / 10`` between ``phase_start`` and ``cosine_end`` (default ``steps``; a later
     phase continues a finished run with its own schedule). Noise levels: :func:`sample_sigma`; loss:
-    :func:`flow_matching_loss` (``shape_weight``: on clips with a plain background only); ``clean_known``:
-    the share of samples whose mode-known latents are given clean (:func:`known_latents`).
+    :func:`flow_matching_loss` (``shape_weight``: on clips with a plain background only; ``seam_weight``;
+    ``autocast``); ``clean_known``: the share of samples whose mode-known latents are given clean
+    (:func:`known_latents`, ``known_sets`` overriding some windows' sets); ``window_shares``: {window:
+    probability} overriding :data:`WINDOWS`, the other windows keeping their relative shares.
 
     Returns the EMA weights (state dict). Each step's randomness comes from (seed, step), so a run
     resumed from a checkpoint continues exactly.
     """
     names = list(WINDOWS)
-    probs = np.array([WINDOWS[n][2] for n in names])
+    probs = window_probabilities(window_shares)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -259,7 +293,7 @@ def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_d
         started = time.time()
         rng = np.random.default_rng([seed, step, 4])
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        name = names[rng.choice(len(names), p=probs / probs.sum())]
+        name = names[rng.choice(len(names), p=probs)]
         latent_slice, window, _ = WINDOWS[name]
         frames = latent_slice.stop - latent_slice.start
         batch = max(1, TOKENS_PER_BATCH // (frames * tokens_per_latent))
@@ -271,8 +305,8 @@ def train_dit(model, latents, specs, text_bank, steps, seed, log, lr=1e-3, ema_d
         warm = min(1.0, (step + 1 - phase_start) / 100)
         for group in optimizer.param_groups:
             group["lr"] = cosine_learning_rate(lr, (step - phase_start) / ((cosine_end or steps) - phase_start), warm)
-        known = known_latents(name, batch, np.random.default_rng([seed, step, 5]), clean_known)
-        loss = flow_matching_loss(model, data, noise, sigma, text, shape_weight, known)
+        known = known_latents(name, batch, np.random.default_rng([seed, step, 5]), clean_known, known_sets)
+        loss = flow_matching_loss(model, data, noise, sigma, text, shape_weight, known, seam_weight, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))

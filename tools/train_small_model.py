@@ -12,7 +12,7 @@ checkpoint in --work):
             (tools/constructed_vae.py; why not learnt: TRAINING.md) -> OUT/vae/vae_v2.safetensors
 3. latents  the DiT's training clips encoded by that codec (checked against the shipped file): the
             dataset, and two slices of it for the curriculum (DATASETS)
-4-9.        our DiT (6 layers, one 128-wide head, 2 x 2 patches) trained by flow matching
+4-10.       our DiT (6 layers, one 128-wide head, 2 x 2 patches) trained by flow matching
             (tools/train_dit.py) in a curriculum (DIT_PHASES; why: TRAINING.md) -> OUT/transformer/
    dit_red     one red circle on plain ground doing every action, noise levels in [0.4, 0.9]
    dit_varied  the six colours and three shapes on plain ground, every action, [0.4, 0.9]
@@ -21,6 +21,9 @@ checkpoint in --work):
    dit_context the dataset, every noise level, half the samples with the modes' known latents clean
                (the checkpoint says so in its metadata; the samplers then give them clean)
    dit_context_shapes  plain ground, [0.2, 0.7], shape cells weighted 6x, known latents as dit_context
+   dit_join    the dataset, half the windows two-chunk ones with a known chunk (extension), 3 in 4 samples
+               with their known latents clean, the latent at the seam weighted 5x; fp32 (from the exported
+               weights of dit_context_shapes)
 
 Stage text writes its per-step numbers to tools/logs/text_encoders.csv, the DiT phases theirs to
 tools/logs/dit.csv (one log, the step count runs on). Everything random is derived from
@@ -30,6 +33,7 @@ with a fixed thread count (--threads), so a rerun on the same machine type repro
 
 import argparse
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -47,7 +51,7 @@ import torch  # noqa: E402
 
 import pack_import  # noqa: E402,F401
 from stepvideo_pack.model_loaders import official_layout  # noqa: E402
-from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY  # noqa: E402
+from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY, load_dit  # noqa: E402
 from stepvideo_pack.media.frames import images_to_video  # noqa: E402
 from stepvideo_pack.model_loaders.vae_loader import load_vae  # noqa: E402
 
@@ -63,16 +67,34 @@ DATASETS = {  # latent cache: (data seed = --seed + this, clip attributes pinned
     "latents_red_circles": (300, {"colour": 0, "shape": 0, "background": "plain"}),
     "latents_plain": (400, {"background": "plain"}),
 }
-DIT_PHASES = (  # the DiT's curriculum (TRAINING.md): stage, latent cache, noise levels (None: the shipped
-    # logit-normal, else uniform in the range), peak learning rate, extra loss weight on the shape's cells,
-    # share of samples with the modes' known latents given clean (train_dit.known_latents)
-    ("dit_red", "latents_red_circles", (0.4, 0.9), 1e-3, 0.0, 0.0),
-    ("dit_varied", "latents_plain", (0.4, 0.9), 5e-4, 0.0, 0.0),
-    ("dit_all", "latents", None, 3e-4, 0.0, 0.0),
-    ("dit_shapes", "latents_plain", (0.2, 0.7), 3e-4, 4.0, 0.0),
-    ("dit_context", "latents", None, 3e-4, 0.0, 0.5),
-    ("dit_context_shapes", "latents_plain", (0.2, 0.7), 3e-4, 5.0, 0.5),
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of the DiT's curriculum (TRAINING.md); the options go to ``train_dit.train_dit``."""
+
+    stage: str
+    cache: str                # latent cache (DATASETS)
+    sigma_range: tuple = None  # noise levels: None for the shipped logit-normal, else uniform in (low, high)
+    lr: float = 3e-4          # peak learning rate
+    shape_weight: float = 0.0  # extra loss weight on the shape's latent cells
+    clean_known: float = 0.0  # share of samples with the modes' known latents given clean
+    window_shares: dict = None  # {window: probability} overriding train_dit.WINDOWS
+    known_sets: dict = None   # {window: known-latent sets} overriding train_dit.MODE_KNOWN_LATENTS
+    seam_weight: float = 0.0  # extra loss weight on the latent next to a known chunk (train_dit.seam_weights)
+    autocast: bool = True     # bf16 autocast (False: fp32, ~10x faster on CPUs without native bf16)
+    from_export: bool = False  # start from the previous phase's exported (bf16) EMA weights, model and EMA
+
+
+DIT_PHASES = (
+    Phase("dit_red", "latents_red_circles", (0.4, 0.9), lr=1e-3),
+    Phase("dit_varied", "latents_plain", (0.4, 0.9), lr=5e-4),
+    Phase("dit_all", "latents"),
+    Phase("dit_shapes", "latents_plain", (0.2, 0.7), shape_weight=4.0),
+    Phase("dit_context", "latents", clean_known=0.5),
+    Phase("dit_context_shapes", "latents_plain", (0.2, 0.7), shape_weight=5.0, clean_known=0.5),
+    Phase("dit_join", "latents", clean_known=0.75, window_shares={"AB": 0.5},
+          known_sets={"AB": ((0, 1, 2), (3, 4, 5))}, seam_weight=4.0, autocast=False, from_export=True),
 )
+JOIN_STEPS = 9000
 SCHEDULE = {  # text steps, clips per latent cache, and (steps, cosine length) per DiT phase
     "text_steps": 250,
     "latent_clips": 1000,
@@ -82,9 +104,10 @@ SCHEDULE = {  # text steps, clips per latent cache, and (steps, cosine length) p
     "dit_shapes": (2000, 2000),
     "dit_context": (2500, 2500),
     "dit_context_shapes": (2000, 2000),
+    "dit_join": (JOIN_STEPS, JOIN_STEPS),
 }
 QUICK = {"text_steps": 5, "latent_clips": 8, "dit_red": (3, 5), "dit_varied": (2, 2), "dit_all": (2, 2),
-         "dit_shapes": (2, 2), "dit_context": (2, 2), "dit_context_shapes": (2, 2)}
+         "dit_shapes": (2, 2), "dit_context": (2, 2), "dit_context_shapes": (2, 2), "dit_join": (2, 2)}
 
 
 class CsvLog:
@@ -190,16 +213,18 @@ def train_phase(args, schedule, index):
     """Phase DIT_PHASES[index] of the DiT (stage function): its ``schedule`` steps on its latent cache and
     noise levels, continuing from the step where the previous phases end. Resumable from its own
     checkpoint, else started from the previous phase's (its weights, EMA and step count; a fresh
-    optimizer, 100-step warm-up and cosine), else from the initialisation; writes OUT/transformer."""
-    stage, cache, sigma_range, lr, shape_weight, clean_known = DIT_PHASES[index]
-    phase_start = sum(schedule[name][0] for name, *_ in DIT_PHASES[:index])
-    steps, cosine_length = schedule[stage]
-    start_from = f"{DIT_PHASES[index - 1][0]}.pt" if index else None
+    optimizer, 100-step warm-up and cosine; with ``from_export`` its EMA rounded to bf16 as exported, or
+    the exported OUT/transformer when that checkpoint is not in --work), else from the initialisation;
+    writes OUT/transformer."""
+    phase = DIT_PHASES[index]
+    phase_start = sum(schedule[p.stage][0] for p in DIT_PHASES[:index])
+    steps, cosine_length = schedule[phase.stage]
+    previous = os.path.join(args.work, f"{DIT_PHASES[index - 1].stage}.pt") if index else None
     started = time.time()
-    cache_path = os.path.join(args.work, f"{cache}.pt")
+    cache_path = os.path.join(args.work, f"{phase.cache}.pt")
     if not os.path.exists(cache_path):
         sys.exit(f"{cache_path} is missing (a work folder of an older version?): delete "
-                 f"{done_marker(args.work, 'latents')} and rerun with --stages latents,{stage}")
+                 f"{done_marker(args.work, 'latents')} and rerun with --stages latents,{phase.stage}")
     data = torch.load(cache_path)
     pins = data.get("pins", {})  # (caches of older versions hold the unpinned dataset only)
     specs = [synthetic_data.sample_clip_spec(data["seed"], i, **pins) for i in range(data["mean"].shape[0])]
@@ -207,19 +232,23 @@ def train_phase(args, schedule, index):
                               os.path.join(args.out, official_layout.CLIP_DIR))
     bank.check_against_encoder([synthetic_data.caption(specs[0], "en"), synthetic_data.caption(specs[1], "zh")])
     model = train_dit.init_dit(train_dit.DIT_CONFIG, args.seed + 3)
-    checkpoint_path = os.path.join(args.work, f"{stage}.pt")
-    resume_from = checkpoint_path if os.path.exists(checkpoint_path) else (
-        os.path.join(args.work, start_from) if start_from else None)
+    checkpoint_path = os.path.join(args.work, f"{phase.stage}.pt")
     start, optimizer_state, ema_state = phase_start, None, None
-    if resume_from:
-        saved = torch.load(resume_from)
+    if os.path.exists(checkpoint_path):  # this phase, interrupted: continue exactly
+        saved = torch.load(checkpoint_path)
+        model.load_state_dict(saved["model"])
+        start, optimizer_state, ema_state = saved["step"], saved["optimizer"], saved["ema"]
+        print(f"dit: continuing at step {start} from {checkpoint_path}", flush=True)
+    elif phase.from_export:
+        exported = previous_export(args, previous, phase_start)
+        model.load_state_dict(exported)
+        ema_state = {k: v.clone() for k, v in exported.items()}
+    elif previous:
+        saved = torch.load(previous)
+        assert saved["step"] == phase_start, f"{previous} ends at step {saved['step']}, not {phase_start}"
         model.load_state_dict(saved["model"])
         ema_state = saved["ema"]
-        if resume_from == checkpoint_path:  # this phase, interrupted: continue exactly
-            start, optimizer_state = saved["step"], saved["optimizer"]
-        else:
-            assert saved["step"] == phase_start, f"{resume_from} ends at step {saved['step']}, not {phase_start}"
-        print(f"dit: continuing at step {start} from {resume_from}", flush=True)
+        print(f"dit: continuing at step {start} from {previous}", flush=True)
     log = CsvLog(os.path.join(args.logs, "dit.csv"), resume=start > 0)
 
     def checkpoint(step, net, optimizer, ema):
@@ -227,20 +256,34 @@ def train_phase(args, schedule, index):
                    checkpoint_path + ".tmp")
         os.replace(checkpoint_path + ".tmp", checkpoint_path)
 
-    ema = train_dit.train_dit(model, data["mean"], specs, bank, phase_start + steps, args.seed, log, lr=lr,
+    ema = train_dit.train_dit(model, data["mean"], specs, bank, phase_start + steps, args.seed, log, lr=phase.lr,
                               checkpoint=checkpoint, start_step=start, optimizer_state=optimizer_state,
-                              ema_state=ema_state, phase_start=phase_start, sigma_range=sigma_range,
-                              cosine_end=phase_start + cosine_length, shape_weight=shape_weight,
-                              clean_known=clean_known)
+                              ema_state=ema_state, phase_start=phase_start, sigma_range=phase.sigma_range,
+                              cosine_end=phase_start + cosine_length, shape_weight=phase.shape_weight,
+                              clean_known=phase.clean_known, window_shares=phase.window_shares,
+                              known_sets=phase.known_sets, seam_weight=phase.seam_weight, autocast=phase.autocast)
     state = {k: v.to(torch.bfloat16) for k, v in ema.items()}
-    trained_clean = any(phase[-1] for phase in DIT_PHASES[:index + 1])
+    trained_clean = any(p.clean_known for p in DIT_PHASES[:index + 1])
     official_layout.save_transformer(state, args.out, train_dit.DIT_CONFIG, shards=1,
                                      metadata={KNOWN_LATENTS_KEY: "clean"} if trained_clean else None)
     return {"seconds": time.time() - started}
 
 
+def previous_export(args, previous, phase_start):
+    """The previous phase's weights as it exported them (its EMA in bf16), as float32: from its checkpoint
+    in --work, else from OUT/transformer (e.g. continuing the shipped weights without their work folder)."""
+    if os.path.exists(previous):
+        saved = torch.load(previous)
+        assert saved["step"] == phase_start, f"{previous} ends at step {saved['step']}, not {phase_start}"
+        print(f"dit: starting at step {phase_start} from the exported EMA of {previous}", flush=True)
+        return {k: v.to(torch.bfloat16).float() for k, v in saved["ema"].items()}
+    folder = os.path.join(args.out, official_layout.TRANSFORMER_DIR)
+    print(f"dit: {previous} not found; starting at step {phase_start} from the exported {folder}", flush=True)
+    return load_dit(folder, weight_dtype=torch.float32).state_dict()
+
+
 STAGES = (("text", stage_text), ("vae", stage_vae), ("latents", stage_latents),
-          *((stage, functools.partial(train_phase, index=i)) for i, (stage, *_) in enumerate(DIT_PHASES)))
+          *((phase.stage, functools.partial(train_phase, index=i)) for i, phase in enumerate(DIT_PHASES)))
 
 
 def main(argv=None):

@@ -53,7 +53,7 @@ def test_quick_training_run_writes_a_loadable_official_layout(tmp_path):
     assert torch.isfinite(embeddings.llm_states.float()).all()
     with open(work / "logs" / "dit.csv", encoding="utf-8") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert steps == list(range(13))  # the six DiT phases (3, 2, 2, 2, 2 and 2 steps) in one log
+    assert steps == list(range(15))  # the seven DiT phases (3, 2, 2, 2, 2, 2 and 2 steps) in one log
 
 
 def test_ideal_denoiser_recovers_the_clip_and_pays_for_a_wrong_attribute():
@@ -159,3 +159,32 @@ def test_clean_known_variants_keep_the_modes_latents_clean_and_out_of_the_loss()
     squared = (data - noise) ** 2
     expected = torch.cat([squared[0, 3:].flatten(), squared[1].flatten()]).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_join_phase_weights_the_seam_and_draws_its_window_mix():
+    """dit_join: the latent next to a known chunk weighs 1 + seam_weight (forward and backward
+    extension), nothing else changes; the window shares given are kept and the rest keep their ratios."""
+    known = torch.zeros(3, 6, 1, 1, 1, dtype=torch.bool)
+    known[0, :3] = True  # forward extension: chunk A known
+    known[1, 3:] = True  # backward: chunk B known
+    weights = train_dit.seam_weights(known, 4.0).flatten(1)
+    assert weights.tolist() == [[1, 1, 1, 5, 1, 1], [1, 1, 5, 1, 1, 1], [1] * 6]
+    assert torch.equal(train_dit.seam_weights(torch.ones(2, 3, 1, 1, 1, dtype=torch.bool), 4.0),
+                       torch.ones(2, 3, 1, 1, 1))  # one-chunk windows have no seam
+
+    data, noise = torch.randn(3, 6, 4, 2, 2), torch.randn(3, 6, 4, 2, 2)
+    loss = train_dit.flow_matching_loss(lambda x, t, **_: torch.zeros_like(x), data, noise, torch.full((3,), 0.5), {},
+                                        known=known, seam_weight=4.0, autocast=False)
+    w = (train_dit.seam_weights(known, 4.0) * ~known).expand(-1, -1, 4, 2, 2)
+    torch.testing.assert_close(loss, (w * (data - noise) ** 2).mean() / w.float().mean())
+
+    names = list(train_dit.WINDOWS)
+    probs = train_dit.window_probabilities({"AB": 0.5})
+    assert abs(probs[names.index("AB")] - 0.5) < 1e-12 and abs(probs.sum() - 1) < 1e-12
+    base = train_dit.window_probabilities()
+    others = [i for i, n in enumerate(names) if n != "AB"]
+    np.testing.assert_allclose(probs[others] / probs[others].sum(), base[others] / base[others].sum())
+    rng = np.random.default_rng(0)
+    sets = {tuple(torch.nonzero(k.flatten()).flatten().tolist())
+            for k in train_dit.known_latents("AB", 300, rng, 1.0, {"AB": ((0, 1, 2), (3, 4, 5))})}
+    assert sets == {(0, 1, 2), (3, 4, 5)}
