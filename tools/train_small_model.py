@@ -244,8 +244,7 @@ def train_phase(args, schedule, index):
         model.load_state_dict(exported)
         ema_state = {k: v.clone() for k, v in exported.items()}
     elif previous:
-        saved = torch.load(previous)
-        assert saved["step"] == phase_start, f"{previous} ends at step {saved['step']}, not {phase_start}"
+        saved = load_previous(previous, phase_start)
         model.load_state_dict(saved["model"])
         ema_state = saved["ema"]
         print(f"dit: continuing at step {start} from {previous}", flush=True)
@@ -269,12 +268,18 @@ def train_phase(args, schedule, index):
     return {"seconds": time.time() - started}
 
 
+def load_previous(previous, phase_start):
+    """The previous phase's checkpoint (step, model, optimizer, EMA), checked to end where this phase starts."""
+    saved = torch.load(previous)
+    assert saved["step"] == phase_start, f"{previous} ends at step {saved['step']}, not {phase_start}"
+    return saved
+
+
 def previous_export(args, previous, phase_start):
     """The previous phase's weights as it exported them (its EMA in bf16), as float32: from its checkpoint
     in --work, else from OUT/transformer (e.g. continuing the shipped weights without their work folder)."""
     if os.path.exists(previous):
-        saved = torch.load(previous)
-        assert saved["step"] == phase_start, f"{previous} ends at step {saved['step']}, not {phase_start}"
+        saved = load_previous(previous, phase_start)
         print(f"dit: starting at step {phase_start} from the exported EMA of {previous}", flush=True)
         return {k: v.to(torch.bfloat16).float() for k, v in saved["ema"].items()}
     folder = os.path.join(args.out, official_layout.TRANSFORMER_DIR)
