@@ -11,7 +11,7 @@ import latent_preview
 
 from ..model_loaders.comfy_model import CHUNK_OPTION
 from ..model_loaders.memory import describe_estimate, run_estimate
-from ..samplers.flow_euler import sample_flow_euler
+from ..samplers.flow_euler import guidance_at, sample_flow_euler
 from ..samplers.flow_schedule import DEFAULT_SHIFT, partial_noise_levels
 from ..samplers.modes import extension_window, long_video_plan
 from ..samplers.video_geometry import (FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, latent_frames, snap_frames, snap_size,
@@ -51,6 +51,30 @@ class OfficialEulerSampler(comfy.samplers.Sampler):
                                  callback=on_step, clean_known=self.clean_known)
 
 
+class GuidanceIntervalGuider(comfy.samplers.CFGGuider):
+    """ComfyUI's CFG guider with guidance stopped below a noise level (``flow_euler.guidance_at``).
+
+    Below ``stop_sigma`` the scale is 1, which ComfyUI's ``sampling_function`` runs as the positive
+    pass alone; ``stop_sigma`` 0 is exactly ``CFGGuider``.
+    """
+
+    def __init__(self, model_patcher, stop_sigma=0.0):
+        super().__init__(model_patcher)
+        self.stop_sigma = stop_sigma
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (ComfyUI's signature)
+        scale = guidance_at(float(timestep.max()), self.cfg, self.stop_sigma)
+        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
+                                                self.conds.get("positive"), scale, model_options=model_options,
+                                                seed=seed)
+
+
+CFG_STOP_SIGMA_INPUT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "Guidance interval: no CFG below this noise level (1 = pure noise), "
+                                             "so those steps run the positive prompt alone (half the cost). "
+                                             "0 = CFG on every step (official). The small bundled model: 0.9."})
+
+
 def check_memory(model, samples, cfg):
     """Estimate peak memory for sampling ``samples``; log it, and refuse clearly when activations alone
     cannot fit the device (weights can be streamed, activations cannot). Returns the report line."""
@@ -72,17 +96,19 @@ def check_memory(model, samples, cfg):
     return report
 
 
-def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise, callback=None):
+def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise, callback=None,
+                         cfg_stop_sigma=0.0):
     """LATENT dict -> sampled LATENT dict, with ComfyUI noise (CPU generator, same as KSampler).
 
     callback(step, x0, x, total_steps) replaces the default per-run progress bar and previews.
+    cfg_stop_sigma: CFG only at noise levels >= this (``GuidanceIntervalGuider``).
     """
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     sigmas = partial_noise_levels(steps, shift, denoise)
     if len(sigmas) == 0:
         return latent
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-    guider = comfy.samplers.CFGGuider(model)
+    guider = GuidanceIntervalGuider(model, cfg_stop_sigma)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     callback = callback or latent_preview.prepare_callback(model, len(sigmas) - 1)
@@ -119,11 +145,13 @@ class StepVideoSampler:
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                   "tooltip": "1 = from pure noise. Below 1 the run starts part-way from the input "
                                              "latent (SDEdit strength); 0 returns the input unchanged."}),
+            "cfg_stop_sigma": CFG_STOP_SIGMA_INPUT,
         }}
 
-    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, denoise):
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, denoise, cfg_stop_sigma=0.0):
         report = check_memory(model, latent["samples"], cfg)
-        result = run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise)
+        result = run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise,
+                                      cfg_stop_sigma=cfg_stop_sigma)
         return {"ui": {"text": [report]}, "result": (result,)}
 
 
@@ -201,13 +229,14 @@ class StepVideoLongVideo:
                 "steps": ("INT", {"default": 50, "min": 1, "max": 500}),
                 "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.1}),
                 "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1}),
+                "cfg_stop_sigma": CFG_STOP_SIGMA_INPUT,
             },
             "optional": {"start_clip": ("LATENT", {"tooltip": "Continue this clip instead of starting fresh."})},
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     def generate(self, model, positive, negative, width, height, total_frames, window_frames, overlap_chunks, seed,
-                 steps, cfg, shift, start_clip=None, prompt=None, extra_pnginfo=None):
+                 steps, cfg, shift, cfg_stop_sigma=0.0, start_clip=None, prompt=None, extra_pnginfo=None):
         plan = long_video_plan(snap_frames(total_frames) // FRAMES_PER_CHUNK,
                                max(2, snap_frames(window_frames) // FRAMES_PER_CHUNK), overlap_chunks,
                                None if start_clip is None else start_clip["samples"].shape[2] // LATENTS_PER_CHUNK)
@@ -225,12 +254,12 @@ class StepVideoLongVideo:
                     shape = (1, 64, new_chunks * LATENTS_PER_CHUNK, snap_size(height) // 16, snap_size(width) // 16)
                     latent = {"samples": torch.zeros(shape)}
                     current = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg,
-                                                   shift, 1.0, on_step)["samples"]
+                                                   shift, 1.0, on_step, cfg_stop_sigma)["samples"]
                 else:
                     window = extension_window(current, new_chunks, min(overlap_chunks, current.shape[2] // 3))
                     latent = {"samples": window.samples, "noise_mask": window.mask}
                     sampled = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg,
-                                                   shift, 1.0, on_step)["samples"]
+                                                   shift, 1.0, on_step, cfg_stop_sigma)["samples"]
                     current = window.join(sampled.to(window.samples.device))
                 saver.save(current)
         except comfy.model_management.InterruptProcessingException:

@@ -14,6 +14,17 @@ def cfg_combine(cond, uncond, guidance):
     return uncond + guidance * (cond - uncond)
 
 
+def guidance_at(sigma, guidance, stop_sigma=0.0):
+    """The CFG scale at noise level ``sigma``: ``guidance`` while sigma >= ``stop_sigma``, 1 below it.
+
+    A scale of 1 is the prompt pass alone (no unconditional pass), so the steps below ``stop_sigma``
+    cost half. ``stop_sigma`` 0 guides every step, as the official pipeline does. Guidance decides
+    the layout at the high noise levels; at the low ones it mostly exaggerates contrast and grain
+    (README, "Guidance interval").
+    """
+    return guidance if sigma >= stop_sigma else 1.0
+
+
 def start_latent(noise, sigma, latent=None):
     """The sample at noise level ``sigma``: sigma * noise + (1 - sigma) * latent (latent None -> zeros)."""
     if latent is None:

@@ -14,6 +14,7 @@ from safetensors.torch import load
 import build_workflows
 from comfy_host import PromptRejected, status_str
 from stepvideo_pack.media.mp4 import read_mp4_frames, read_mp4_metadata
+from stepvideo_pack.samplers.flow_schedule import partial_noise_levels
 from stepvideo_setup import BROKEN, CLEAN_CONTEXT, HEIGHT, MISSING_SHARD, WIDTH, shrink
 from workflow_specs import T2V, TURBO
 
@@ -110,6 +111,43 @@ def test_stock_ksampler_on_our_model_matches_the_official_sampler(comfy_client, 
     assert ours.shape == stock.shape == (1, 16, 3, HEIGHT // 16, WIDTH // 16)
     # euler/simple with shift 13 and 10 steps is the official schedule exactly: same result up to rounding
     assert float((ours - stock).abs().max()) <= 1e-3 * max(1.0, float(ours.abs().max()))
+
+
+def test_guidance_interval_is_cfg_then_the_prompt_alone(comfy_client, stepvideo_models):
+    """StepVideo Sampler with cfg_stop_sigma between the 5th and 6th of 10 noise levels against the host's
+    stock nodes doing the same in two runs: SamplerCustomAdvanced with CFGGuider at the sampler's CFG on the
+    first 5 steps (SplitSigmas), then CFGGuider at CFG 1 on the rest with DisableNoise."""
+    sigmas = partial_noise_levels(10, 13.0, 1.0)
+    prompt, save_node = _sampler_prompt("ours")
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoSampler")
+    old = prompt[sampler]["inputs"]
+    old["cfg_stop_sigma"] = float(sigmas[4] + sigmas[5]) / 2
+    ours = _saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
+
+    stock = {k: v for k, v in prompt.items() if k != sampler}
+    stock.update({
+        "80": {"class_type": "StepVideoScheduler", "inputs": {"steps": 10, "shift": 13.0, "denoise": 1.0}},
+        "81": {"class_type": "SplitSigmas", "inputs": {"sigmas": ["80", 0], "step": 5}},
+        "82": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "83": {"class_type": "CFGGuider", "inputs": {"model": old["model"], "positive": old["positive"],
+                                                     "negative": old["negative"], "cfg": old["cfg"]}},
+        "84": {"class_type": "CFGGuider", "inputs": {"model": old["model"], "positive": old["positive"],
+                                                     "negative": old["negative"], "cfg": 1.0}},
+        "85": {"class_type": "RandomNoise", "inputs": {"noise_seed": old["seed"]}},
+        "86": {"class_type": "DisableNoise", "inputs": {}},
+        "87": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["85", 0], "guider": ["83", 0],
+                                                                 "sampler": ["82", 0], "sigmas": ["81", 0],
+                                                                 "latent_image": old["latent"]}},
+        sampler: {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["86", 0], "guider": ["84", 0],
+                                                                    "sampler": ["82", 0], "sigmas": ["81", 1],
+                                                                    "latent_image": ["87", 0]}},
+    })
+    two_runs = _saved_latent(comfy_client, comfy_client.run_prompt(stock, timeout=300), save_node)
+    assert float(old["cfg"]) != 1.0 and ours.shape == two_runs.shape
+    assert float((ours - two_runs).abs().max()) <= 1e-3 * max(1.0, float(ours.abs().max()))
+    prompt[sampler]["inputs"]["cfg_stop_sigma"] = 0.0  # and the interval matters: CFG on every step differs
+    every_step = _saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
+    assert float((ours - every_step).abs().max()) > 1e-2 * float(ours.abs().max())
 
 
 def _extension_latents(comfy_client, dit_folder):

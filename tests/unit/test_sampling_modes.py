@@ -8,7 +8,7 @@ the target, so every deviation below is a mechanics bug, not model error.
 import pytest
 import torch
 
-from stepvideo_pack.samplers.flow_euler import cfg_combine, sample_flow_euler
+from stepvideo_pack.samplers.flow_euler import cfg_combine, guidance_at, sample_flow_euler
 from stepvideo_pack.samplers.flow_schedule import noise_levels, official_timesteps, partial_noise_levels, shifted
 from stepvideo_pack.samplers.modes import (BACKWARD, FORWARD, bridge_window, extension_window, image_to_video,
                                            keyframe_window, sdedit_denoise)
@@ -46,6 +46,26 @@ def test_cfg_combination_moves_along_cond_minus_uncond():
 
     out = sample_flow_euler(guided, noise, noise_levels(6))
     torch.testing.assert_close(out, target_u + 9.0 * (target_c - target_u), rtol=0, atol=1e-4)
+
+
+def test_guidance_interval_guides_down_to_the_stop_level_then_runs_the_prompt_alone():
+    target_c, target_u, noise = video(3), video(4), video(5)
+    sigmas = noise_levels(6)
+    stop = float(sigmas[2] + sigmas[3]) / 2  # guided steps 0, 1, 2
+    unconditional_calls = []
+
+    def interval(x, sigma):
+        scale = guidance_at(sigma, 9.0, stop)
+        if scale == 1.0:
+            return oracle(target_c)(x, sigma)
+        unconditional_calls.append(sigma)
+        return cfg_combine(oracle(target_c)(x, sigma), oracle(target_u)(x, sigma), scale)
+
+    out = sample_flow_euler(interval, noise, sigmas)
+    assert unconditional_calls == [float(s) for s in sigmas[:3]]  # the prompt pass alone below ``stop``
+    # the oracle lands on its target from any point, so the unguided last steps end on the prompt's target
+    torch.testing.assert_close(out, target_c, rtol=0, atol=1e-4)
+    assert guidance_at(0.5, 9.0) == 9.0 and guidance_at(0.0, 9.0) == 9.0  # stop 0: every step, as official
 
 
 def test_known_frames_come_out_bit_identical_and_the_rest_follows_the_model():
