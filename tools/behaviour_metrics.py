@@ -39,6 +39,7 @@ from detectors import detect, shape_mask  # noqa: E402
 WEIGHTS = os.path.join(os.path.dirname(TOOLS), "weights", "stepvideo-tiny")
 SIZE = 128  # pixels, the model's training resolution
 STEPS, CFG, SHIFT = 20, 3.0, 5.0  # the recommended settings (TRAINING.md)
+EXTENSION_CFG = 1.0  # recommended for extension: the known chunk carries the content (TRAINING.md, experiment 24)
 GROUND_TRUTH_SEED = 4242
 # 12 attribute combinations: every colour twice, every shape 4 times, every direction 3 times
 PROMPT_SET = [(0, 0, "left"), (1, 1, "right"), (2, 2, "up"), (3, 0, "down"), (4, 1, "up"), (5, 2, "left"),
@@ -72,10 +73,10 @@ class TinyModel:
         return self._prompts[key]
 
     def sample(self, prompt, latent, seed=0, steps=STEPS, cfg=CFG, shift=SHIFT, denoise=1.0, mask=None, magic=False,
-               step_mask=None):
+               step_mask=None, cfg_stop_sigma=0.0):
         cond, uncond = self.conditioning(prompt, magic)
         return sample(self.dit, cond, uncond, latent, seed=seed, steps=steps, guidance=cfg, shift=shift,
-                      denoise=denoise, mask=mask, step_mask=step_mask)
+                      denoise=denoise, mask=mask, step_mask=step_mask, cfg_stop_sigma=cfg_stop_sigma)
 
     def text_to_video(self, prompt, seed=0, chunks=1, **options):
         side = SIZE // 16
@@ -266,12 +267,13 @@ def prompt_set_videos(model, language="en", seed_offsets=(0,), **options):
             yield prompt, attributes, model.decode(model.text_to_video(prompt, seed=offset + index, **options))
 
 
-def prompt_following(model, language, magic=False):
+def prompt_following(model, language, **options):
     """Detector hits on one 17-frame generation per PROMPT_SET prompt and PROMPT_SEED_OFFSETS entry
-    (36 clips: 12 clips could not tell models apart whose expected shape score sits at a threshold)."""
+    (36 clips: 12 clips could not tell models apart whose expected shape score sits at a threshold);
+    ``options`` go to ``TinyModel.sample``."""
     hits, rows = np.zeros(3, dtype=int), []
     for prompt, (colour, shape, direction), frames in prompt_set_videos(model, language, PROMPT_SEED_OFFSETS,
-                                                                        magic=magic):
+                                                                        **options):
         found = detect(frames)
         result = (found.colour == sd.COLOUR_NAMES[colour], found.shape == sd.SHAPE_NAMES[shape],
                   found.action == direction)
@@ -279,6 +281,17 @@ def prompt_following(model, language, magic=False):
         rows.append((prompt, found.colour, found.shape, found.action))
     return {"colour": int(hits[0]), "shape": int(hits[1]), "direction": int(hits[2]), "of": len(rows),
             "detections": rows}
+
+
+def prompt_following_by_cfg_stop(model, stops=(0.6, 0.9)):
+    """Prompt following hits (colour, shape, direction of 36) in both languages with guidance stopped
+    below each noise level in ``stops`` (the sampler's cfg_stop_sigma; 0 is prompt_following itself)."""
+    results = {}
+    for stop in stops:
+        for language in ("en", "zh"):
+            found = prompt_following(model, language, cfg_stop_sigma=stop)
+            results[f"{stop} {language}"] = [found["colour"], found["shape"], found["direction"]]
+    return results
 
 
 def shape_area_by_guidance(model):
@@ -315,29 +328,43 @@ def image_to_video_fidelity(model):
     return {"first_frame_psnr": scores, "vae_image_psnr": reference, "moved": moved, "of": len(DIRECTIONS)}
 
 
-def extension_join(model, randomized_blending=False):
-    """Forward extension by one chunk of four ground-truth 17-frame clips (one per direction, encoded, one
-    chunk known, prompted with their caption): :func:`join_ratio` at frame 17 of the 34, against the
-    same ratio for the VAE round trip of the true 34 frames; and how many extended clips still move
-    as prompted. ``randomized_blending``: a random cut over the overlap per step
-    (``modes.random_cut_masks``) instead of a fixed known overlap."""
-    ratios, truth, cuts, kept = [], [], [], 0
-    for index, direction in enumerate(DIRECTIONS):
-        spec, clip = ground_truth_clip(30 + index, action=direction)
-        prompt = sd.caption(spec, "en")
+def extension_clips():
+    """The four ground-truth clips the extension measurements continue: [(spec, frames (34, H, W, 3))], one
+    per direction."""
+    return [ground_truth_clip(30 + index, action=direction) for index, direction in enumerate(DIRECTIONS)]
+
+
+def extension_baselines(model):
+    """What :func:`join_ratio` reads at frame 17 of 34 for a true continuation (the VAE round trip of the
+    ground-truth clip, each chunk encoded on its own as an extension gets it) and for a hard cut (the
+    first chunk, then the same prompt sampled without it)."""
+    truth, cuts = [], []
+    for index, (spec, clip) in enumerate(extension_clips()):
         encoded = model.encode(clip[:17], seed=index)
         truth.append(join_ratio(model.decode(torch.cat([encoded, model.encode(clip[17:34], seed=index)], 2)), 17))
-        window = extension_window(encoded, new_chunks=1, overlap_chunks=1)
+        unrelated = model.text_to_video(sd.caption(spec, "en"), seed=100 + index)
+        cuts.append(join_ratio(model.decode(torch.cat([encoded, unrelated], 2)), 17))
+    return {"ground_truth_join_ratio": truth, "cut_join_ratio": cuts}
+
+
+def extension_join(model, cfg=EXTENSION_CFG, cfg_stop_sigma=0.0, randomized_blending=False, turn=False):
+    """Forward extension by one chunk of the four :func:`extension_clips` (their first chunk encoded and
+    known): :func:`join_ratio` at frame 17 of the 34, and how many new chunks move as prompted (detector
+    on frames 17-33). The prompt is the clip's caption, or with ``turn`` the same shape and colour moving
+    the opposite way. ``randomized_blending``: a random cut over the overlap per step
+    (``modes.random_cut_masks``) instead of a fixed known overlap."""
+    ratios, followed = [], 0
+    for index, (spec, clip) in enumerate(extension_clips()):
+        direction = OPPOSITE[spec.action] if turn else spec.action
+        prompt = sd.describe(spec.colour, spec.shape, direction, language="en") if turn else sd.caption(spec, "en")
+        window = extension_window(model.encode(clip[:17], seed=index), new_chunks=1, overlap_chunks=1)
         step_mask = random_cut_masks(window, overlap_chunks=1, seed=index) if randomized_blending else None
-        frames = model.decode(window.join(model.sample(prompt, window.samples, seed=100 + index,
-                                                       mask=window.mask, step_mask=step_mask)))
+        frames = model.decode(window.join(model.sample(prompt, window.samples, seed=100 + index, mask=window.mask,
+                                                       step_mask=step_mask, cfg=cfg, cfg_stop_sigma=cfg_stop_sigma)))
         ratios.append(join_ratio(frames, 17))
-        kept += detect(frames).action == direction
-        if not randomized_blending:  # a cut: the same prompt sampled without the known chunk, appended
-            unrelated = model.text_to_video(prompt, seed=100 + index)
-            cuts.append(join_ratio(model.decode(torch.cat([encoded, unrelated], 2)), 17))
-    return {"join_ratio": ratios, "ground_truth_join_ratio": truth, "cut_join_ratio": cuts,
-            "direction_kept": kept, "of": len(DIRECTIONS)}
+        followed += detect(frames[17:]).action == direction
+    return {"join_ratio": ratios, "direction_followed": followed, "of": len(DIRECTIONS), "cfg": cfg,
+            "cfg_stop_sigma": cfg_stop_sigma}
 
 
 def long_video_drift(model, chunks=4, prompt="a blue square stays still"):
@@ -408,9 +435,15 @@ MEASUREMENTS = {
     "caption_worth": caption_worth,
     "prompt_following_en": lambda m: prompt_following(m, "en"),
     "prompt_following_zh": lambda m: prompt_following(m, "zh"),
+    "prompt_following_by_cfg_stop": prompt_following_by_cfg_stop,
     "shape_area_by_guidance": shape_area_by_guidance,
     "image_to_video": image_to_video_fidelity,
+    "extension_baselines": extension_baselines,
     "extension": extension_join,
+    "extension_turn": lambda m: extension_join(m, turn=True),
+    "extension_cfg3": lambda m: extension_join(m, cfg=CFG),
+    "extension_cfg3_interval": lambda m: extension_join(m, cfg=CFG, cfg_stop_sigma=0.9),
+    "extension_cfg3_turn": lambda m: extension_join(m, cfg=CFG, turn=True),
     "extension_randomized_blending": lambda m: extension_join(m, randomized_blending=True),
     "long_video": long_video_drift,
     "keyframes": keyframe_interpolation,
