@@ -72,7 +72,8 @@ class GuidanceIntervalGuider(comfy.samplers.CFGGuider):
 CFG_STOP_SIGMA_INPUT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                   "tooltip": "Guidance interval: no CFG below this noise level (1 = pure noise), "
                                              "so those steps run the positive prompt alone (half the cost). "
-                                             "0 = CFG on every step (official). The small bundled model: 0.9."})
+                                             "0 = CFG on every step (official); e.g. 0.9 guides only the layout "
+                                             "and motion."})
 
 
 def check_memory(model, samples, cfg):
