@@ -18,9 +18,9 @@ def guidance_at(sigma, guidance, stop_sigma=0.0):
     """The CFG scale at noise level ``sigma``: ``guidance`` while sigma >= ``stop_sigma``, 1 below it.
 
     A scale of 1 is the prompt pass alone (no unconditional pass), so the steps below ``stop_sigma``
-    cost half. ``stop_sigma`` 0 guides every step, as the official pipeline does. Guidance decides
-    the layout at the high noise levels; at the low ones it mostly exaggerates contrast and grain
-    (README, "Guidance interval").
+    cost half. ``stop_sigma`` 0 guides every step, as the official pipeline does. The layout is
+    decided at the high noise levels, the detail at the low ones, where guidance sharpens shapes but
+    also adds contrast and grain (README, "Guidance interval").
     """
     return guidance if sigma >= stop_sigma else 1.0
 
