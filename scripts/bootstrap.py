@@ -10,6 +10,13 @@ Makes, inside the repository (all git-ignored):
                   is used and only its requirements are installed.
   .cache/         downloaded wheels, bootstrap logs, the lock that serialises concurrent runs.
 
+With --extra-hosts it also sets up every further ComfyUI the integration tests run against: each
+``comfyui-<version>.tar.gz`` in ../shared/hosts (beside the project root; or the archives listed in
+$STEPVIDEO_EXTRA_HOSTS, separated by ':') is unpacked into .host/ComfyUI-<version>/ and gets a
+layered virtual environment .venv-hosts/<version>/: it sees everything in .venv/ (torch is installed
+once) and holds only the packages whose versions that host needs differently (its frontend, ...).
+`--list-extra-hosts` prints one line per such host: version, ComfyUI path, Python.
+
 There is no CPU torchvision/torchaudio for torch 2.13 on PyPI, so (see shared/reference/comfyui-host.md,
 "Recipe A") the CUDA torchvision 0.28.0 and torchaudio 2.11.0 wheels go in with --no-deps, a .pth hook
 defines the two op schemas torchvision's import needs, and torchaudio's compiled libraries are removed
@@ -38,6 +45,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(REPO, ".venv")
 VENV_PYTHON = os.path.join(VENV, "bin", "python")
 DEFAULT_HOST = os.path.join(REPO, ".host", "ComfyUI")
+EXTRA_HOST_ARCHIVES = os.path.join(os.path.dirname(REPO), "shared", "hosts", "comfyui-*.tar.gz")
+EXTRA_VENVS = os.path.join(REPO, ".venv-hosts")
 CACHE = os.path.join(REPO, ".cache")
 LOG_DIR = os.path.join(CACHE, "bootstrap")
 
@@ -326,9 +335,101 @@ def verify_venv():
     say(out.stdout.strip().splitlines()[-1])
 
 
+# ----------------------------------------------------------------------------------------- extra hosts
+
+def extra_host_archives():
+    """[(version, archive path)] of the further ComfyUI hosts to test against (see the module docstring)."""
+    listed = os.environ.get("STEPVIDEO_EXTRA_HOSTS")
+    paths = [p for p in listed.split(":") if p] if listed is not None else sorted(glob.glob(EXTRA_HOST_ARCHIVES))
+    hosts = []
+    for path in paths:
+        match = re.fullmatch(r"comfyui-(.+)\.tar\.gz", os.path.basename(path))
+        if not match or not os.path.isfile(path):
+            raise BootstrapError(f"{path} is not a ComfyUI source archive named comfyui-<version>.tar.gz")
+        hosts.append((match.group(1), os.path.abspath(path)))
+    return hosts
+
+
+def extra_host_paths(version):
+    """(ComfyUI folder, its Python) of an extra host."""
+    return os.path.join(REPO, ".host", f"ComfyUI-{version}"), os.path.join(EXTRA_VENVS, version, "bin", "python")
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ensure_extra_host_tree(version, archive):
+    path, _ = extra_host_paths(version)
+    digest = file_sha256(archive)
+    stamp = read_json(os.path.join(path, ".stepvideo-host.json"))
+    if stamp and stamp.get("source") == digest:
+        return path
+    t0 = time.time()
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="ComfyUI.", dir=parent)
+    try:
+        run_logged(["tar", "xzf", archive, "-C", tmp], f"host-{version}-unpack.log", f"unpacking {archive}")
+        tree = os.path.join(tmp, "ComfyUI")
+        for required in ("main.py", "requirements.txt", "comfyui_version.py"):
+            if not os.path.isfile(os.path.join(tree, required)):
+                raise BootstrapError(f"{archive} has no ComfyUI/{required}")
+        write_json(os.path.join(tree, ".stepvideo-host.json"), {"source": digest})
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tree, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"ComfyUI {version} unpacked into {os.path.relpath(path, REPO)}/ ({time.time() - t0:.1f} s)")
+    return path
+
+
+def ensure_extra_host_venv(version, host):
+    """A venv that layers the host's own package versions over .venv/ (whose site dir it adds, .pth
+    hooks included), so pip installs only what differs there."""
+    _, python = extra_host_paths(version)
+    venv = os.path.dirname(os.path.dirname(python))
+    lines = [l for l in requirement_lines(os.path.join(host, "requirements.txt"))
+             if requirement_name(l) not in SKIPPED_HOST_REQUIREMENTS]
+    key = sha("\n".join(lines), site_packages(), read_json(os.path.join(VENV, ".stepvideo-bootstrap.json"))["key"])
+    stamp_path = os.path.join(venv, ".stepvideo-bootstrap.json")
+    stamp = read_json(stamp_path)
+    if stamp and stamp.get("key") == key and os.path.exists(python):
+        return python
+    t0 = time.time()
+    if os.path.exists(venv):
+        shutil.rmtree(venv)
+    run_logged([sys.executable, "-m", "venv", venv], f"venv-{version}.log", f"creating the venv of ComfyUI {version}")
+    layered = glob.glob(os.path.join(venv, "lib", "python3.*", "site-packages"))[0]
+    with open(os.path.join(layered, "_stepvideo_base_venv.pth"), "w", encoding="utf-8") as f:
+        f.write(f"import site; site.addsitedir({site_packages()!r})\n")
+    constraints = os.path.join(LOG_DIR, "constraints.txt")
+    with open(constraints, "w", encoding="utf-8") as f:
+        f.write(TORCH_PIN + "\n")
+    say(f"installing what ComfyUI {version} needs beyond .venv/ into {os.path.relpath(venv, REPO)}/")
+    run_logged([python, "-m", "pip", "install", "--progress-bar", "off", "-c", constraints] + lines,
+               f"pip-install-{version}.log", f"installing the requirements of ComfyUI {version}")
+    write_json(stamp_path, {"key": key, "host": host, "installed": time.strftime("%Y-%m-%d %H:%M:%S")})
+    say(f"ComfyUI {version} environment ready ({time.time() - t0:.0f} s)")
+    return python
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.parse_args()
+    parser.add_argument("--extra-hosts", action="store_true",
+                        help="also set up the further ComfyUI hosts (see the module docstring)")
+    parser.add_argument("--list-extra-hosts", action="store_true",
+                        help="print 'version path python' for each further host and exit")
+    args = parser.parse_args()
+    if args.list_extra_hosts:
+        for version, _ in extra_host_archives():
+            print(version, *extra_host_paths(version))
+        return
     if sys.version_info[:2] != PYTHON_VERSION:
         raise BootstrapError(f"run with Python {PYTHON_VERSION[0]}.{PYTHON_VERSION[1]} (the CPU torch wheel is "
                              f"built for it), not {sys.version.split()[0]} at {sys.executable}")
@@ -341,6 +442,9 @@ def main():
         if ours:
             ensure_host_tree(host)
         changed = ensure_packages(host)
+        if args.extra_hosts:
+            for version, archive in extra_host_archives():
+                ensure_extra_host_venv(version, ensure_extra_host_tree(version, archive))
     state = "installed" if changed else "up to date"
     say(f"{state}: venv .venv/ , ComfyUI host {host} ({time.time() - t0:.1f} s)")
 

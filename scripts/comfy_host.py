@@ -25,7 +25,7 @@ CLI:
                                                           queue an API-format workflow, save its outputs
 
 Which ComfyUI: --comfyui PATH, else $COMFYUI_PATH, else .host/ComfyUI (made by scripts/bootstrap.sh).
-Which Python: --python, else .venv/bin/python, else this interpreter.
+Which Python: --python, else $COMFY_HOST_PYTHON, else .venv/bin/python, else this interpreter.
 Extra server flags: $COMFY_HOST_EXTRA_ARGS (e.g. "--verbose DEBUG").
 """
 
@@ -324,6 +324,9 @@ def default_comfyui_path():
 
 
 def default_python():
+    """$COMFY_HOST_PYTHON (the interpreter scripts/bootstrap.py made for a second host), else .venv's."""
+    if os.environ.get("COMFY_HOST_PYTHON"):
+        return os.environ["COMFY_HOST_PYTHON"]
     venv_python = os.path.join(REPO, ".venv", "bin", "python")
     return venv_python if os.path.exists(venv_python) else sys.executable
 

@@ -42,6 +42,9 @@ HOST_SETUP_FIXTURES = ["smoke_model_file", "stepvideo_models", "stepvideo_inputs
 FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True}
 
 INTEGRATION_DIR = os.path.dirname(os.path.abspath(__file__))
+# artifacts/integration/, or artifacts/integration-<label>/ for a further host (scripts/test.sh sets the label)
+ARTIFACTS_DIR = os.path.join(ARTIFACTS, "integration" + (f"-{os.environ['STEPVIDEO_HOST_LABEL']}"
+                                                         if os.environ.get("STEPVIDEO_HOST_LABEL") else ""))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,7 +73,7 @@ def record_timing(name, seconds):
     """Add a measurement to artifacts/integration/timings.json (rewritten each session)."""
     timings = _STATE.setdefault("timings", {})
     timings[name] = round(seconds, 2)
-    path = os.path.join(ARTIFACTS, "integration", "timings.json")
+    path = os.path.join(ARTIFACTS_DIR, "timings.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(timings, f, indent=1)
@@ -78,9 +81,8 @@ def record_timing(name, seconds):
 
 @pytest.fixture(scope="session")
 def integration_artifacts_dir():
-    path = os.path.join(ARTIFACTS, "integration")
-    os.makedirs(path, exist_ok=True)
-    return path
+    os.makedirs(ARTIFACTS_DIR, exist_ok=True)
+    return ARTIFACTS_DIR
 
 
 @pytest.fixture(scope="session")
