@@ -117,23 +117,23 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.split(self.head_dim, dim=-1)
         return apply_rope(self.q_norm(q), rope_cos, rope_sin), apply_rope(self.k_norm(k), rope_cos, rope_sin), v
 
-    def forward(self, x, prepare, rope_cos, rope_sin, backend, chunk_tokens=None):
+    def forward(self, x, prepare, rope_cos, rope_sin, backend, chunk_tokens=None, options=None):
         """Self-attention of ``prepare(x)`` (the modulated norm, applied per token): x (B, L, D) -> (B, L, D).
 
         Chunked: q, k, v are filled slice by slice (the full modulated input and the fused qkv never
         exist at once), then each query slice attends to all keys and its output overwrites the
-        query storage it came from.
+        query storage it came from. ``options``: the host's per-call options, for the attention backend.
         """
         slices = token_slices(x.shape[1], chunk_tokens)
         if len(slices) == 1:
             q, k, v = self._qkv(prepare(x), rope_cos, rope_sin)
-            return self.wo(attention(q, k, v, backend=backend).flatten(-2))
+            return self.wo(attention(q, k, v, backend=backend, options=options).flatten(-2))
         q, k, v = (x.new_empty(x.shape[:2] + (self.heads, self.head_dim)) for _ in range(3))
         for s in slices:
             q[:, s], k[:, s], v[:, s] = self._qkv(prepare(x[:, s]), rope_cos[s], rope_sin[s])
         out = q.view(x.shape)
         for s in slices:
-            out[:, s] = self.wo(attention(q[:, s], k, v, backend=backend).flatten(-2))
+            out[:, s] = self.wo(attention(q[:, s], k, v, backend=backend, options=options).flatten(-2))
         return out
 
 
@@ -147,7 +147,7 @@ class CrossAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, device=device, dtype=dtype)
         self.k_norm = RMSNorm(head_dim, device=device, dtype=dtype)
 
-    def forward(self, x, context, mask, chunk_tokens=None):
+    def forward(self, x, context, mask, chunk_tokens=None, backend="sdpa", options=None):
         """x (B, L, D), context (B, Lc, D), mask bool (B, 1, 1, Lc) -> (B, L, D)."""
         kv = self.wkv(context).unflatten(-1, (self.heads, 2 * self.head_dim))  # head-major [k; v]
         k, v = kv.split(self.head_dim, dim=-1)
@@ -155,7 +155,7 @@ class CrossAttention(nn.Module):
 
         def attend(xc):
             q = self.q_norm(self.wq(xc).unflatten(-1, (self.heads, self.head_dim)))
-            return self.wo(attention(q, k, v, mask=mask).flatten(-2))
+            return self.wo(attention(q, k, v, mask=mask, backend=backend, options=options).flatten(-2))
 
         return map_token_slices(attend, x, chunk_tokens)
 
@@ -187,14 +187,15 @@ class TransformerBlock(nn.Module):
         self.attn2 = CrossAttention(dim, config.head_dim, operations, device, dtype)
         self.ff = FeedForward(dim, config.ff_inner_dim, operations, device, dtype)
 
-    def forward(self, x, modulation, context, context_mask, rope_cos, rope_sin, backend="sdpa", chunk_tokens=None):
+    def forward(self, x, modulation, context, context_mask, rope_cos, rope_sin, backend="sdpa", chunk_tokens=None,
+                options=None):
         """x (B, L, D); modulation (B, 6D) shared by all blocks; returns (B, L, D) (x updated in place
-        when no gradient is recorded)."""
+        when no gradient is recorded). ``options``: the host's per-call options (attention backend)."""
         table = cast_to(self.scale_shift_table, x)[None] + modulation.unflatten(1, (6, -1))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table.chunk(6, dim=1)
         x = residual_add(x, self.attn1(x, lambda t: self.norm1(t) * (1 + scale_msa) + shift_msa,
-                                       rope_cos, rope_sin, backend, chunk_tokens), gate_msa)
-        x = residual_add(x, self.attn2(x, context, context_mask, chunk_tokens))
+                                       rope_cos, rope_sin, backend, chunk_tokens, options), gate_msa)
+        x = residual_add(x, self.attn2(x, context, context_mask, chunk_tokens, backend, options))
         return residual_add(x, self.ff(x, lambda t: self.norm2(t) * (1 + scale_mlp) + shift_mlp, chunk_tokens),
                             gate_mlp)
 
@@ -212,7 +213,8 @@ class StepVideoDiT(nn.Module):
     """Step-Video DiT. ``forward`` takes the official argument names; see the module docstring.
 
     Runtime options (attributes, not part of the weights):
-        attention_backend: "sdpa" | "flash_attn" | "sage" for self-attention (see networks.attention).
+        attention_backend: a backend of networks.attention ("sdpa", "flash_attn", "sage", or "comfy" when
+            the host registered its attention function).
         chunk_tokens: if set, the blocks run over slices of this many tokens (modulated norms,
             projections, attention queries and the feed-forward), so no block temporary spans all
             tokens except q, k and v: about 40% of the unchunked activation peak, same results.
@@ -239,16 +241,22 @@ class StepVideoDiT(nn.Module):
     def embed_context(self, llm_states, clip_states, mask, dtype):
         """[CLIP ; LLM] cross-attention context, truncated to the longest valid length in the batch.
 
-        llm_states (B, L1, D1); clip_states (B, L2, D2) or None; mask (B, L2 + L1) 0/1 with the valid
-        tokens a prefix (CLIP positions always 1). Returns context (B, Lc, D) and a bool mask
-        (B, 1, 1, Lc). As in the official pipeline the mask is summed in the activation dtype, so in
-        bf16 valid lengths above 256 round to even numbers.
+        llm_states (B, L1, D1); clip_states (B, L2, D2) or None; mask (B, L2 + L1) 0/1, CLIP positions 1.
+        The official mask has the valid tokens as a prefix; a mask with gaps (e.g. two prompts' tokens
+        concatenated, each followed by its padding) first has each row's valid tokens moved to the
+        front, in order. Returns context (B, Lc, D) and a bool mask (B, 1, 1, Lc). As in the official
+        pipeline the mask is summed in the activation dtype, so in bf16 valid lengths above 256 round
+        to even numbers.
         """
         llm = self.caption_projection(F.layer_norm(llm_states.to(dtype), llm_states.shape[-1:], eps=1e-6))
         parts = [llm]
         if clip_states is not None and hasattr(self, "clip_projection"):
             parts.insert(0, self.clip_projection(clip_states.to(dtype)))
         context = torch.cat(parts, dim=1)
+        if mask is not None and bool((mask[:, 1:] > mask[:, :-1]).any()):  # not a prefix: valid tokens first
+            order = torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True).to(context.device)
+            context = context.gather(1, order[..., None].expand(-1, -1, context.shape[-1]))
+            mask = mask.gather(1, order.to(mask.device))
         if mask is None:
             lengths = torch.full((context.shape[0],), context.shape[1], device=context.device)
         else:
@@ -259,7 +267,8 @@ class StepVideoDiT(nn.Module):
         return context, valid[:, None, None, :]
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_2=None,
-                encoder_attention_mask=None, condition_hidden_states=None, motion_score=5.0, chunk_tokens=None):
+                encoder_attention_mask=None, condition_hidden_states=None, motion_score=5.0, chunk_tokens=None,
+                transformer_options=None):
         """Velocity prediction.
 
         hidden_states (B, F, C, H, W) noisy latents (their dtype is the compute dtype);
@@ -267,7 +276,8 @@ class StepVideoDiT(nn.Module):
         encoder_hidden_states (B, L1, D1) Step-LLM states; encoder_hidden_states_2 (B, L2, D2) CLIP
         states; encoder_attention_mask (B, L2 + L1) 0/1; TI2V only: condition_hidden_states
         (B, F, C, H, W) image-condition latents (zeros when None) and motion_score (float).
-        chunk_tokens overrides ``self.chunk_tokens`` for this call.
+        chunk_tokens overrides ``self.chunk_tokens`` for this call. transformer_options: the host's
+        per-call options dict (see :meth:`run_blocks`), passed down to the attention backend.
         Returns (B, F, C_out, H, W) in the compute dtype.
         """
         cfg = self.config
@@ -291,14 +301,42 @@ class StepVideoDiT(nn.Module):
                                                    encoder_attention_mask, dtype)
         rope_cos, rope_sin = rope_tables(rope_grid(frames, h, w, device=x.device), dtype)
 
-        chunk_tokens = chunk_tokens or self.chunk_tokens
-        for block in self.transformer_blocks:
-            x = block(x, modulation, context, context_mask, rope_cos, rope_sin, self.attention_backend, chunk_tokens)
+        x = self.run_blocks(x, modulation, context, context_mask, (rope_cos, rope_sin), chunk_tokens or self.chunk_tokens,
+                            {} if transformer_options is None else transformer_options)
 
         shift, scale = (cast_to(self.scale_shift_table, x)[None] + embedded[:, None]).chunk(2, dim=1)
         x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
         x = self.proj_out(x)
         return unpatchify(x, frames, h, w, p, cfg.out_channels)
+
+
+    def run_blocks(self, x, modulation, context, context_mask, rope, chunk_tokens, options):
+        """The transformer blocks over tokens x (B, L, D), each offered to the host's block patches.
+
+        ``options`` is the host's transformer_options dict (ComfyUI's protocol, plain dicts only): a
+        callable at ``options["patches_replace"]["dit"][("double_block", i)]`` runs instead of block i as
+        ``patch({"img": x, "txt": context, "vec": modulation, "pe": (rope_cos, rope_sin),
+        "transformer_options": options}, {"original_block": run})`` and returns {"img": new x}; ``run``
+        takes the same dict and runs the block (on a copy of "img": blocks update x in place). The block
+        index and count are written into ``options`` as the host's own DiTs do.
+        """
+        replace = options.get("patches_replace", {}).get("dit", {})
+        options["total_blocks"] = len(self.transformer_blocks)
+        options["block_type"] = "double"
+        for index, block in enumerate(self.transformer_blocks):
+            options["block_index"] = index
+            patch = replace.get(("double_block", index))
+            if patch is None:
+                x = block(x, modulation, context, context_mask, *rope, self.attention_backend, chunk_tokens, options)
+                continue
+
+            def run(args, block=block):
+                return {"img": block(args["img"].clone(), args["vec"], args["txt"], context_mask, *args["pe"],
+                                     self.attention_backend, chunk_tokens, args["transformer_options"])}
+
+            x = patch({"img": x, "txt": context, "vec": modulation, "pe": rope, "transformer_options": options},
+                      {"original_block": run})["img"]
+        return x
 
 
 def unpatchify(tokens, frames, h, w, p, channels):
