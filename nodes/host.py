@@ -11,6 +11,7 @@ import comfy.utils
 import folder_paths
 
 from ..model_loaders import discovery
+from ..model_loaders.preview_map import PreviewMaps
 
 CATEGORY = "StepVideo"
 STEPVIDEO_FOLDER = "stepvideo"
@@ -39,6 +40,22 @@ def model_choices(part, file_folder):
 
 def model_path(part, file_folder, name, slot):
     return discovery.resolve(folders(STEPVIDEO_FOLDER), folders(file_folder), part, name, slot)
+
+
+def preview_maps():
+    """The live-preview maps fitted to VAE files, cached in ComfyUI/user/stepvideo/preview_maps."""
+    return PreviewMaps(os.path.join(folder_paths.get_user_directory(), "stepvideo", "preview_maps"))
+
+
+def video_samples(latent, slot):
+    """``latent["samples"]`` when it is a video latent (B, C, T, h, w); else a ValueError naming ``slot`` and the fix."""
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise ValueError(
+            f"{slot}: this LATENT has shape {list(samples.shape)} ({samples.ndim}-D), an image latent from a stock node "
+            "(e.g. Empty Latent Image or VAE Encode). Step-Video needs a video latent [batch, 64, frames, height/16, "
+            "width/16]: make it with StepVideo Empty Latent, StepVideo VAE Encode or a StepVideo mode node.")
+    return samples
 
 
 def check_interrupt():

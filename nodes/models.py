@@ -1,9 +1,24 @@
 """Loader nodes: the DiT as a standard MODEL (the VAE and text-encoder loaders live beside their types)."""
 
+from ..model_loaders import discovery
 from ..model_loaders.comfy_model import WEIGHT_DTYPES, load_stepvideo_model
-from ..networks.attention import BACKENDS
+from ..model_loaders.vae_loader import load_vae
+from ..networks.attention import BACKENDS, HOST
 from ..samplers.flow_schedule import DEFAULT_SHIFT
-from .host import CATEGORY, model_choices, model_path
+from .host import CATEGORY, STEPVIDEO_FOLDER, folders, model_choices, model_path, preview_maps
+
+
+def preview_map_for(model_name):
+    """f(latent channels) -> the live-preview map of a DiT: fitted to the VAE of the same official folder, else
+    to the VAE a StepVideo VAE Loader opened last for this channel count (None before any)."""
+    sibling = discovery.official_parts(folders(STEPVIDEO_FOLDER), "vae").get(model_name)
+
+    def fitted(channels):
+        maps = preview_maps()
+        path = sibling or maps.latest(channels)
+        return maps.for_vae(path, load_vae) if path else None
+
+    return fitted
 
 
 class StepVideoDiTLoader:
@@ -24,13 +39,17 @@ class StepVideoDiTLoader:
             "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default (bf16)",
                              "tooltip": "Storage of the matmul weights. fp8 halves memory (30 GB instead of 60 GB) "
                                         "and computes in bf16."}),
-            "attention": (list(BACKENDS), {"default": "sdpa",
-                          "tooltip": "Self-attention kernel. flash_attn / sage are used when importable on a CUDA "
-                                     "GPU, otherwise PyTorch SDPA with a one-line notice."}),
+            "attention": (list(BACKENDS), {"default": HOST,
+                          "tooltip": "comfy = ComfyUI's own attention (its --use-sage-attention / "
+                                     "--use-flash-attention / --use-pytorch-cross-attention flags and other nodes' "
+                                     "attention patches apply). sdpa = PyTorch SDPA as the official code runs it. "
+                                     "flash_attn / sage = those kernels for self-attention when importable on a CUDA "
+                                     "GPU, otherwise SDPA with a one-line notice."}),
             "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1,
                                 "tooltip": "Flow shift for ComfyUI's schedulers (KSampler): 13 base, 17 Turbo."}),
         }}
 
     def load(self, model_name, weight_dtype, attention, shift):
         path = model_path("transformer", "diffusion_models", model_name, "StepVideo DiT Loader")
-        return (load_stepvideo_model(path, weight_dtype=weight_dtype, attention=attention, shift=shift),)
+        return (load_stepvideo_model(path, weight_dtype=weight_dtype, attention=attention, shift=shift,
+                                     preview_map=preview_map_for(model_name)),)

@@ -17,7 +17,7 @@ from ..media.frames import cover_and_crop
 from ..samplers import modes
 from ..samplers.flow_schedule import DEFAULT_SHIFT
 from ..samplers.video_geometry import FRAMES_PER_CHUNK, snap_frames, snap_size
-from .host import CATEGORY
+from .host import CATEGORY, video_samples
 from .vae import VAE_TYPE, encode_images
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class StepVideoExtendVideo:
         }}
 
     def build(self, clip, new_frames, overlap_chunks, direction):
-        window = modes.extension_window(clip["samples"], _chunks_for(new_frames), overlap_chunks, direction)
+        window = modes.extension_window(video_samples(clip, "StepVideo Extend Video (clip)"), _chunks_for(new_frames),
+                                        overlap_chunks, direction)
         return (window_latent(window),)
 
 
@@ -129,7 +130,9 @@ class StepVideoBridgeClips:
         }}
 
     def build(self, clip_a, clip_b, new_frames, overlap_chunks):
-        window = modes.bridge_window(clip_a["samples"], clip_b["samples"], _chunks_for(new_frames), overlap_chunks)
+        window = modes.bridge_window(video_samples(clip_a, "StepVideo Bridge Clips (clip_a)"),
+                                     video_samples(clip_b, "StepVideo Bridge Clips (clip_b)"), _chunks_for(new_frames),
+                                     overlap_chunks)
         return (window_latent(window),)
 
 

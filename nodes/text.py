@@ -7,6 +7,7 @@ import torch
 import comfy.model_management
 import folder_paths
 
+from ..model_loaders.conditioning import to_conditioning
 from ..model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts
 from .host import CATEGORY, Progress, model_choices, model_path
 
@@ -71,12 +72,6 @@ class StepVideoTextEncoderLoader:
                                        device=run_on, offload=offload and run_on.type != "cpu",
                                        llm_weight_dtype=LLM_WEIGHT_DTYPES[llm_weight_dtype])
         return (encoder,)
-
-
-def to_conditioning(embeddings):
-    """TextEmbeddings (batch 1) -> ComfyUI CONDITIONING (see model_loaders/comfy_model.py for the keys)."""
-    return [[embeddings.llm_states, {"clip_states": embeddings.clip_states,
-                                     "context_mask": embeddings.mask.to(torch.float32)}]]
 
 
 class StepVideoTextEncode:

@@ -13,9 +13,9 @@ import comfy.model_patcher
 from ..media.frames import images_to_video, video_to_images
 from ..model_loaders.vae_loader import load_vae
 from ..networks.vae_tiling import DEFAULT_OVERLAP_PX, decode_bytes_per_px, encode_bytes_per_px
-from ..samplers.pipeline import to_comfy, to_official
+from ..samplers.video_geometry import to_comfy, to_official
 from ..samplers.video_geometry import snap_frames
-from .host import CATEGORY, Progress, model_choices, model_path
+from .host import CATEGORY, Progress, model_choices, model_path, preview_maps, video_samples
 
 VAE_TYPE = "STEPVIDEO_VAE"
 VAE_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -104,7 +104,9 @@ class StepVideoVAELoader:
         path = model_path("vae", "vae", vae_name, "StepVideo VAE Loader")
         device = comfy.model_management.vae_device()
         chosen = VAE_DTYPES[dtype] or (torch.float32 if device.type == "cpu" else torch.bfloat16)
-        return (StepVideoVAE(load_vae(path, dtype=chosen, device=comfy.model_management.vae_offload_device())),)
+        vae = load_vae(path, dtype=chosen, device=comfy.model_management.vae_offload_device())
+        preview_maps().remember(path, vae.config.decoder.z_channels)  # a DiT without a VAE beside it previews with it
+        return (StepVideoVAE(vae),)
 
 
 def _tiling_inputs():
@@ -135,7 +137,8 @@ class StepVideoVAEDecode:
         return {"required": {"vae": (VAE_TYPE,), "samples": ("LATENT",), **_tiling_inputs()}}
 
     def decode(self, vae, samples, tiling, tile_px, overlap_px):
-        return (decode_latent(vae, samples["samples"], tiling, tile_px, overlap_px),)
+        return (decode_latent(vae, video_samples(samples, "StepVideo VAE Decode (samples)"), tiling, tile_px,
+                              overlap_px),)
 
 
 class StepVideoVAEEncode:
