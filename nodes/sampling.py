@@ -13,10 +13,10 @@ from ..model_loaders.comfy_model import CHUNK_OPTION
 from ..model_loaders.memory import describe_estimate, run_estimate
 from ..samplers.flow_euler import guidance_at, sample_flow_euler
 from ..samplers.flow_schedule import DEFAULT_SHIFT, partial_noise_levels
-from ..samplers.modes import extension_window, long_video_plan
+from ..samplers.modes import chain_windows, long_video_plan
 from ..samplers.video_geometry import (FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, latent_frames, snap_frames, snap_size,
                                       snapping_note)
-from .host import CATEGORY, LatentCheckpoint, Progress, check_interrupt
+from .host import CATEGORY, LatentCheckpoint, Progress, check_interrupt, video_samples
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +98,20 @@ def check_memory(model, samples, cfg):
 
 
 def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise, callback=None,
-                         cfg_stop_sigma=0.0):
+                         cfg_stop_sigma=0.0, noise=None):
     """LATENT dict -> sampled LATENT dict, with ComfyUI noise (CPU generator, same as KSampler).
 
-    callback(step, x0, x, total_steps) replaces the default per-run progress bar and previews.
-    cfg_stop_sigma: CFG only at noise levels >= this (``GuidanceIntervalGuider``).
+    The one sampling path of the pack: the nodes, scripts/parity.py (official sampling fixtures) and the
+    behaviour tools all sample through it. callback(step, x0, x, total_steps) replaces the default per-run
+    progress bar and previews. cfg_stop_sigma: CFG only at noise levels >= this (``GuidanceIntervalGuider``).
+    noise: a given noise tensor of the latent's shape instead of the seeded one.
     """
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = comfy.sample.fix_empty_latent_channels(model, video_samples(latent, "StepVideo Sampler (latent)"))
     sigmas = partial_noise_levels(steps, shift, denoise)
     if len(sigmas) == 0:
         return latent
-    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    if noise is None:
+        noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
     guider = GuidanceIntervalGuider(model, cfg_stop_sigma)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
@@ -150,7 +153,7 @@ class StepVideoSampler:
         }}
 
     def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, denoise, cfg_stop_sigma=0.0):
-        report = check_memory(model, latent["samples"], cfg)
+        report = check_memory(model, video_samples(latent, "StepVideo Sampler (latent)"), cfg)
         result = run_official_sampler(model, positive, negative, latent, seed, steps, cfg, shift, denoise,
                                       cfg_stop_sigma=cfg_stop_sigma)
         return {"ui": {"text": [report]}, "result": (result,)}
@@ -238,35 +241,35 @@ class StepVideoLongVideo:
 
     def generate(self, model, positive, negative, width, height, total_frames, window_frames, overlap_chunks, seed,
                  steps, cfg, shift, cfg_stop_sigma=0.0, start_clip=None, prompt=None, extra_pnginfo=None):
+        start = None if start_clip is None else video_samples(start_clip, "StepVideo Long Video (start_clip)")
         plan = long_video_plan(snap_frames(total_frames) // FRAMES_PER_CHUNK,
                                max(2, snap_frames(window_frames) // FRAMES_PER_CHUNK), overlap_chunks,
-                               None if start_clip is None else start_clip["samples"].shape[2] // LATENTS_PER_CHUNK)
-        window = torch.zeros(1, 1, max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks, snap_size(height) // 16,
-                             snap_size(width) // 16)
+                               None if start is None else start.shape[2] // LATENTS_PER_CHUNK)
+        grid = (snap_size(height) // 16, snap_size(width) // 16)
+        window = torch.zeros(1, 1, max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks, *grid)
         report = check_memory(model, window, cfg)
         bar = Progress(len(plan) * steps)
         saver = LatentCheckpoint("long_video", prompt, extra_pnginfo)
-        current = None if start_clip is None else start_clip["samples"]
+        finished = {}
+
+        def sample_window(samples, mask, index):
+            latent = {"samples": samples} if mask is None else {"samples": samples, "noise_mask": mask}
+            on_step = lambda step, x0, x, total: bar(index * steps + step + 1)  # noqa: E731
+            sampled = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg, shift, 1.0,
+                                           on_step, cfg_stop_sigma)["samples"]
+            return sampled.to(samples.device)
+
+        def save(clip):
+            finished["clip"] = clip
+            saver.save(clip)
+
         try:
-            for index, new_chunks in enumerate(plan):
-                done = index * steps
-                on_step = lambda step, x0, x, total, done=done: bar(done + step + 1)  # noqa: E731
-                if current is None:
-                    shape = (1, 64, new_chunks * LATENTS_PER_CHUNK, snap_size(height) // 16, snap_size(width) // 16)
-                    latent = {"samples": torch.zeros(shape)}
-                    current = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg,
-                                                   shift, 1.0, on_step, cfg_stop_sigma)["samples"]
-                else:
-                    window = extension_window(current, new_chunks, min(overlap_chunks, current.shape[2] // 3))
-                    latent = {"samples": window.samples, "noise_mask": window.mask}
-                    sampled = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg,
-                                                   shift, 1.0, on_step, cfg_stop_sigma)["samples"]
-                    current = window.join(sampled.to(window.samples.device))
-                saver.save(current)
+            current = chain_windows(plan, sample_window, lambda chunks: torch.zeros(1, 64, chunks * LATENTS_PER_CHUNK,
+                                                                                     *grid),
+                                    overlap_chunks, start=start, on_window=save)
         except comfy.model_management.InterruptProcessingException:
-            if current is not None:
+            if finished:
                 log.warning("StepVideo Long Video interrupted; the finished %d latent frames are in %s",
-                            current.shape[2], saver.path)
+                            finished["clip"].shape[2], saver.path)
             raise
         return {"ui": {"text": [report]}, "result": ({"samples": current.to(comfy.model_management.intermediate_device())},)}
-

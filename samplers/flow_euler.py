@@ -32,8 +32,7 @@ def start_latent(noise, sigma, latent=None):
     return sigma * noise + (1 - sigma) * latent
 
 
-def sample_flow_euler(velocity, noise, sigmas, latent=None, mask=None, callback=None, step_mask=None,
-                      clean_known=False):
+def sample_flow_euler(velocity, noise, sigmas, latent=None, mask=None, callback=None, clean_known=False):
     """Integrate from ``sigmas[0]`` to ``sigmas[-1]`` with Euler steps.
 
     Args:
@@ -45,8 +44,6 @@ def sample_flow_euler(velocity, noise, sigmas, latent=None, mask=None, callback=
             convention). Known positions are re-noised to the current level before every model call
             and are exactly ``latent`` in the result.
         callback: f(step, x, denoised) after each step, for progress/preview/interrupt.
-        step_mask: optional f(step) -> mask used instead of ``mask`` before model call ``step`` (e.g.
-            randomized blending, ``modes.random_cut_masks``); the result is still composed with ``mask``.
         clean_known: give the model the known positions clean (``latent`` itself) at every step instead
             of re-noised, for DiTs trained that way (their checkpoints say so in the safetensors metadata
             ``model_loaders.dit_loader.KNOWN_LATENTS_KEY``; the released weights do not).
@@ -64,9 +61,8 @@ def sample_flow_euler(velocity, noise, sigmas, latent=None, mask=None, callback=
         return latent.clone() if latent is not None else noise.clone()
     x = start_latent(noise, sigmas[0], latent)
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        current = mask if step_mask is None else step_mask(i).float()
-        if current is not None:
-            x = current * x + (1 - current) * (latent if clean_known else start_latent(noise, sigma, latent))
+        if mask is not None:
+            x = mask * x + (1 - mask) * (latent if clean_known else start_latent(noise, sigma, latent))
         v = velocity(x, sigma).float()
         if callback is not None:
             callback(i, x, x - sigma * v)

@@ -98,29 +98,6 @@ def extension_window(clip, new_chunks, overlap_chunks=1, direction=FORWARD):
     return Window(samples, frame_mask(samples, known), before, after, keep)
 
 
-def random_cut_masks(window, overlap_chunks, direction=FORWARD, seed=0):
-    """Randomized blending across the known overlap (after StreamingT2V): f(step) -> mask.
-
-    At every step a cut is drawn uniformly over the overlap's latent frames; the overlap frames
-    between the cut and the new part are generated with it for that step, the rest stay known. The
-    window's own mask still decides the result, so ``Window.join`` keeps the clip bit-identical.
-    """
-    overlap = overlap_chunks * LATENTS_PER_CHUNK
-    generator = torch.Generator().manual_seed(seed)
-    total = window.mask.shape[2]
-
-    def at_step(step):
-        cut = int(torch.randint(0, overlap + 1, (1,), generator=generator))
-        mask = window.mask.clone()
-        if direction == FORWARD:
-            mask[:, :, cut:overlap] = 1.0
-        else:
-            mask[:, :, total - overlap:total - cut] = 1.0
-        return mask
-
-    return at_step
-
-
 def bridge_window(clip_a, clip_b, new_chunks, overlap_chunks=1):
     """Frames between the end of ``clip_a`` and the start of ``clip_b`` (both whole chunks).
 
@@ -174,6 +151,28 @@ def long_video_plan(total_chunks, window_chunks, overlap_chunks, start_chunks=No
         plan.append(step)
         have += step
     return plan
+
+
+def chain_windows(plan, sample, first_window, overlap_chunks, start=None, on_window=None):
+    """The long-video loop: a first window (unless ``start`` is given), then chained forward extensions.
+
+    plan: new chunks per window (:func:`long_video_plan`). sample(samples, mask, index) -> the sampled
+    window (same shape as samples (1, C, T, h, w); mask None for a fresh window, else the window's
+    noise_mask). first_window(chunks) -> the start latent of a fresh window. start: a clip to continue.
+    on_window(clip) is called with the clip so far after every window. Each extension keeps up to
+    ``overlap_chunks`` whole chunks of the clip known and copies every earlier latent bit-identically.
+    Returns the clip (1, C, T, h, w).
+    """
+    current = start
+    for index, new_chunks in enumerate(plan):
+        if current is None:
+            current = sample(first_window(new_chunks), None, index)
+        else:
+            window = extension_window(current, new_chunks, min(overlap_chunks, current.shape[2] // LATENTS_PER_CHUNK))
+            current = window.join(sample(window.samples, window.mask, index))
+        if on_window is not None:
+            on_window(current)
+    return current
 
 
 def inverse_shift(sigma, shift=DEFAULT_SHIFT):

@@ -1,4 +1,4 @@
-"""Frame and size rules of the Step-Video latent grid (the official pipeline's snapping).
+"""Frame and size rules of the Step-Video latent grid (the official pipeline's snapping), and its layouts.
 
 The Video-VAE maps every 17 pixel frames to 3 latent frames independently (a single image to 1
 latent frame) and 16x16 pixels to one latent position. The official pipeline snaps requests down
@@ -30,6 +30,16 @@ def pixel_frames(latents):
     t < 3 latents decodes to 8t - 7 frames (the decoder's causal 8x upsampling), e.g. 1 -> 1."""
     whole, rest = divmod(int(latents), LATENTS_PER_CHUNK)
     return whole * FRAMES_PER_CHUNK + (8 * rest - 7 if rest else 0)
+
+
+def to_official(latent):
+    """ComfyUI's latent layout (B, C, T, h, w) -> the official networks' (B, T, C, h, w)."""
+    return latent.movedim(1, 2)
+
+
+def to_comfy(latent):
+    """The official networks' latent layout (B, T, C, h, w) -> ComfyUI's (B, C, T, h, w)."""
+    return latent.movedim(2, 1)
 
 
 def snapping_note():

@@ -7,6 +7,12 @@ Each DIR is a fixture folder (holding manifest.json) or a folder of fixture fold
 fixture's checkpoint goes through the same loaders a user's files go through (config detected
 from the file); every case prints one line with its max abs error and bound, then a summary
 ``N passed, M failed``. Exit status 1 if anything failed. Format: ../shared/parity/README.md.
+
+DiT forward cases run twice: the network in the official convention, and the MODEL the DiT loader
+node gives ComfyUI, called the way the host calls it (sigma, noise - data, ComfyUI's latent layout).
+Sampling cases run through the nodes' own sampling path (``nodes.sampling.run_official_sampler``:
+the MODEL, the host's CFG guider, our Euler sampler) on the real ComfyUI host imported in this
+process (scripts/host_runtime.py; ``COMFYUI_PATH`` picks the host).
 """
 
 import json
@@ -18,9 +24,9 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pack_path import import_pack  # noqa: E402
+from host_runtime import import_host  # noqa: E402
 
-import_pack()
+import_host()
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -57,33 +63,68 @@ def dit_runner(folder, manifest):
                 "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "num_layers": cfg.num_layers,
                 "caption_channels": list(cfg.caption_channels), "patch_size": cfg.patch_size,
                 "use_additional_conditions": cfg.image_condition}
-    models = {}
+    models, host_models = {}, {}
 
     def run(case, data):
         dtype = DTYPES[case["dtype"]]
+        inputs = case_inputs(case, data, dtype)
+        if dtype not in host_models and dtype == torch.float32:
+            host_models[dtype] = host_model(path)
+        if manifest["kind"] == "pipeline":
+            return {"latents": sample_through_nodes(host_models[dtype], inputs)}
         if dtype not in models:
             models[dtype] = load_dit(path, weight_dtype=dtype)
-        inputs = case_inputs(case, data, dtype)
-        if manifest["kind"] == "pipeline":
-            return {"latents": sample_official_loop(models[dtype], inputs)}
         with torch.no_grad():
-            return {"out": models[dtype](**inputs)}
+            outputs = {"out": models[dtype](**inputs)}
+            if dtype in host_models:  # bf16 cases: the host computes bf16 weights in its own precision
+                outputs["out (MODEL wrapper)"] = call_like_the_host(host_models[dtype], inputs)
+        return outputs
 
     return config_mismatches(detected, manifest.get("official_config", {})), run
 
 
-def sample_official_loop(model, inputs):
-    """The fixture's 'sample' op: Euler + CFG over the DiT, text rows [cond, uncond]."""
-    from stepvideo_pack.model_loaders.text_encoding import TextEmbeddings
-    from stepvideo_pack.samplers.flow_euler import sample_flow_euler
-    from stepvideo_pack.samplers.flow_schedule import noise_levels
-    from stepvideo_pack.samplers.pipeline import dit_velocity, to_comfy, to_official
+def host_model(path):
+    """The ModelPatcher the DiT loader node makes of ``path``, float32, official attention (SDPA)."""
+    from stepvideo_pack.model_loaders.comfy_model import load_stepvideo_model
+    return load_stepvideo_model(path, weight_dtype="fp32", attention="sdpa")
 
-    cond, uncond = TextEmbeddings(inputs["encoder_hidden_states"], inputs["encoder_hidden_states_2"],
-                                  inputs["encoder_attention_mask"]).split()
-    velocity = dit_velocity(model, cond, uncond, inputs["guidance"], dtype=inputs["noise"].dtype)
-    out = sample_flow_euler(velocity, to_comfy(inputs["noise"]), noise_levels(inputs["steps"], inputs["shift"]))
-    return to_official(out)
+
+def fixture_conditioning(inputs, row):
+    """CONDITIONING (model_loaders.conditioning layout) of text row ``row`` of a fixture's DiT inputs."""
+    clip_tokens = inputs["encoder_hidden_states_2"].shape[1]
+    return [[inputs["encoder_hidden_states"][row:row + 1],
+             {"pooled_output": inputs["encoder_hidden_states_2"][row:row + 1],
+              "llm_mask": inputs["encoder_attention_mask"][row:row + 1, clip_tokens:]}]]
+
+
+def call_like_the_host(model, inputs):
+    """The MODEL's diffusion model called as the host calls it; its (noise - data) turned back to official."""
+    from stepvideo_pack.samplers.flow_schedule import comfy_velocity, timestep_from_sigma
+    from stepvideo_pack.samplers.video_geometry import to_comfy, to_official
+
+    x = inputs["hidden_states"]
+    if inputs.get("condition_hidden_states") is not None:
+        x = torch.cat([x, inputs["condition_hidden_states"]], dim=2)
+    sigma = timestep_from_sigma(inputs["timestep"].float())  # the map is its own inverse
+    clip_tokens = inputs["encoder_hidden_states_2"].shape[1]
+    out = model.model.diffusion_model(
+        to_comfy(x), sigma * 1000, context=inputs["encoder_hidden_states"],
+        pooled_output=inputs["encoder_hidden_states_2"], llm_mask=inputs["encoder_attention_mask"][:, clip_tokens:],
+        motion_score=inputs.get("motion_score"))
+    return to_official(comfy_velocity(out))
+
+
+def sample_through_nodes(model, inputs):
+    """The fixture's 'sample' op (Euler + CFG, text rows [cond, uncond]) through the nodes' sampling path."""
+    from stepvideo_pack.nodes.sampling import run_official_sampler
+    from stepvideo_pack.samplers.video_geometry import to_comfy, to_official
+
+    noise = to_comfy(inputs["noise"])
+    latent = {"samples": torch.zeros_like(noise)}
+    out = run_official_sampler(model, fixture_conditioning(inputs, 0), fixture_conditioning(inputs, 1), latent,
+                               seed=0, steps=inputs["steps"], cfg=inputs["guidance"], shift=inputs["shift"],
+                               denoise=1.0, callback=lambda *args: None, noise=noise)
+    return to_official(out["samples"])
 
 
 def scheduler_runner(folder, manifest):
@@ -210,9 +251,12 @@ def run_fixture(folder):
         label = f"{name}/{case['name']}"
         try:
             outputs = run(case, data)
+            missing = set(case["outputs"]) - set(outputs)
+            if missing:
+                raise AssertionError(f"no result for {sorted(missing)}")
             worst = 0.0
-            for out_name, ref_name in case["outputs"].items():
-                worst = max(worst, compare(data[ref_name], outputs[out_name]))
+            for out_name, got in outputs.items():  # "out (MODEL wrapper)" is compared with "out"'s reference
+                worst = max(worst, compare(data[case["outputs"][out_name.split(" (")[0]]], got))
             yield label, worst, case["atol"], None
         except Exception as e:
             yield label, None, case["atol"], f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"

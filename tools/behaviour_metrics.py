@@ -5,9 +5,11 @@
 
 prints every measurement and writes tools/logs/behaviour.json (``--only a,b`` re-measures those and
 keeps the other entries; other ``--weights`` write only to an ``--out`` named for them). The model is
-loaded the way users load it (``load_dit`` in bf16, ``load_vae`` in fp32 on the CPU,
-``StepVideoTextEncoder``), generation goes through ``samplers.pipeline.sample`` and
-``samplers.modes``, and videos are judged by the hand-written detector of tools/detectors.py.
+loaded and sampled the way the nodes do it, on the real ComfyUI host imported in this process
+(scripts/host_runtime.py): the DiT as the MODEL of ``load_stepvideo_model`` (bf16 weights; the host
+computes in fp32 on the CPU), sampling through ``nodes.sampling.run_official_sampler``, windows from
+``samplers.modes``; the VAE in fp32 on the CPU and ``StepVideoTextEncoder``. Videos are judged by the
+hand-written detector of tools/detectors.py.
 Ground-truth clips come from dataset seed 4242, which training never used.
 """
 
@@ -24,13 +26,18 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS)
 
 import pack_import  # noqa: E402,F401
+from host_runtime import import_host  # noqa: E402
+
+import_host()
 from stepvideo_pack.media.frames import images_to_video, video_to_images  # noqa: E402
-from stepvideo_pack.model_loaders.dit_loader import load_dit  # noqa: E402
+from stepvideo_pack.model_loaders.comfy_model import load_stepvideo_model  # noqa: E402
+from stepvideo_pack.model_loaders.conditioning import to_conditioning  # noqa: E402
 from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts  # noqa: E402
 from stepvideo_pack.model_loaders.vae_loader import load_vae  # noqa: E402
-from stepvideo_pack.samplers.modes import (extension_window, image_to_video, keyframe_window,  # noqa: E402
-                                           long_video_plan, random_cut_masks, sdedit_denoise)
-from stepvideo_pack.samplers.pipeline import dit_velocity, sample, to_comfy, to_official  # noqa: E402
+from stepvideo_pack.nodes.sampling import run_official_sampler  # noqa: E402
+from stepvideo_pack.samplers.modes import (chain_windows, extension_window, image_to_video,  # noqa: E402
+                                           keyframe_window, long_video_plan, sdedit_denoise)
+from stepvideo_pack.samplers.video_geometry import to_comfy, to_official  # noqa: E402
 
 import synthetic_data as sd  # noqa: E402
 from constructed_vae import encode_reference  # noqa: E402
@@ -56,7 +63,8 @@ class TinyModel:
     """The shipped model with helpers in ComfyUI's latent layout (B, C, T, h, w); frames (F, H, W, 3) in [0, 1]."""
 
     def __init__(self, root=WEIGHTS):
-        self.dit = load_dit(os.path.join(root, "transformer"))
+        self.model = load_stepvideo_model(os.path.join(root, "transformer"), weight_dtype="bf16", attention="sdpa")
+        self.dit = self.model.model.diffusion_model
         self.vae = load_vae(os.path.join(root, "vae", "vae_v2.safetensors"), dtype=torch.float32)
         self.text = StepVideoTextEncoder(os.path.join(root, "step_llm"), os.path.join(root, "hunyuan_clip"),
                                          keep_loaded=True)
@@ -67,16 +75,32 @@ class TinyModel:
         return self.vae.config.decoder.z_channels
 
     def conditioning(self, prompt, magic=False):
+        """(positive, negative) CONDITIONING of a prompt, as StepVideo Text Encode makes them."""
         key = (prompt, magic)
         if key not in self._prompts:
-            self._prompts[key] = self.text.encode(compose_prompts(prompt, "", use_magic=magic)).split()
+            embeddings = self.text.encode(compose_prompts(prompt, "", use_magic=magic)).split()
+            self._prompts[key] = [to_conditioning(e) for e in embeddings]
         return self._prompts[key]
 
     def sample(self, prompt, latent, seed=0, steps=STEPS, cfg=CFG, shift=SHIFT, denoise=1.0, mask=None, magic=False,
-               step_mask=None, cfg_stop_sigma=0.0):
-        cond, uncond = self.conditioning(prompt, magic)
-        return sample(self.dit, cond, uncond, latent, seed=seed, steps=steps, guidance=cfg, shift=shift,
-                      denoise=denoise, mask=mask, step_mask=step_mask, cfg_stop_sigma=cfg_stop_sigma)
+               cfg_stop_sigma=0.0):
+        positive, negative = self.conditioning(prompt, magic)
+        start = {"samples": latent} if mask is None else {"samples": latent, "noise_mask": mask}
+        return run_official_sampler(self.model, positive, negative, start, seed, steps, cfg, shift, denoise,
+                                    callback=lambda *args: None, cfg_stop_sigma=cfg_stop_sigma)["samples"]
+
+    def x0(self, prompt, noised, sigma):
+        """The MODEL's x0 prediction (no CFG) for a noised latent (B, C, T, h, w) at noise level ``sigma``."""
+        llm_states, extra = self.conditioning(prompt)[0][0]
+        batch = noised.shape[0]
+        with torch.no_grad():
+            return self.model.model.apply_model(
+                noised, torch.full((batch,), float(sigma)), c_crossattn=llm_states.expand(batch, -1, -1),
+                **{k: v.expand(batch, *v.shape[1:]) for k, v in extra.items()}).float()
+
+    def use_dit(self, dit):
+        """Sample with the weights of another StepVideoDiT of the same size (research tools)."""
+        self.dit.load_state_dict(dit.state_dict())
 
     def text_to_video(self, prompt, seed=0, chunks=1, **options):
         side = SIZE // 16
@@ -150,12 +174,6 @@ CAPTION_SWAPS = {"colour": lambda s: sd.describe((s.colour + 3) % len(sd.COLOURS
                  "empty": lambda s: ""}
 
 
-def dit_x0(model, prompt, noised, sigma):
-    """The DiT's x0 prediction (no CFG) for a noised latent (B, C, T, h, w) at noise level sigma."""
-    velocity = dit_velocity(model.dit, model.conditioning(prompt)[0])
-    return noised - sigma * velocity(noised, sigma).float()
-
-
 def percent_over_true(errors, digits):
     """{name: per-sigma errors} with a "true" entry -> each other entry's error over the true one, minus 1,
     in percent: averaged over sigmas ("percent") and per sigma ("per_sigma")."""
@@ -184,7 +202,7 @@ def caption_reliance(model, count=16, sigmas=RELIANCE_SIGMAS):
         for name, prompt in prompts.items():
             for k, sigma in enumerate(sigmas):
                 noised = (1 - sigma) * clean + sigma * noise
-                errors[name][k] += float(((dit_x0(model, prompt, noised, sigma) - clean) ** 2).mean())
+                errors[name][k] += float(((model.x0(prompt, noised, sigma) - clean) ** 2).mean())
     return {**percent_over_true(errors, digits=2), "sigmas": list(sigmas), "clips": count}
 
 
@@ -247,7 +265,7 @@ def caption_worth(model, clips=6000, held_out=64, sigmas=RELIANCE_SIGMAS):
             ideal[name][k] = float(((ideal_x0(noised.flatten(1), sigma, bank, allowed) - held.flatten(1)) ** 2).mean())
         for name, texts in prompts.items():
             for i, text in enumerate(texts):
-                predicted = dit_x0(model, text, noised[i:i + 1], sigma)
+                predicted = model.x0(text, noised[i:i + 1], sigma)
                 dit[name][k] += float(((predicted - held[i:i + 1]) ** 2).mean()) / len(texts)
 
     def percent(errors):
@@ -347,20 +365,18 @@ def extension_baselines(model):
     return {"ground_truth_join_ratio": truth, "cut_join_ratio": cuts}
 
 
-def extension_join(model, cfg=EXTENSION_CFG, cfg_stop_sigma=0.0, randomized_blending=False, turn=False):
+def extension_join(model, cfg=EXTENSION_CFG, cfg_stop_sigma=0.0, turn=False):
     """Forward extension by one chunk of the four :func:`extension_clips` (their first chunk encoded and
     known): :func:`join_ratio` at frame 17 of the 34, and how many new chunks move as prompted (detector
     on frames 17-33). The prompt is the clip's caption, or with ``turn`` the same shape and colour moving
-    the opposite way. ``randomized_blending``: a random cut over the overlap per step
-    (``modes.random_cut_masks``) instead of a fixed known overlap."""
+    the opposite way."""
     ratios, followed = [], 0
     for index, (spec, clip) in enumerate(extension_clips()):
         direction = OPPOSITE[spec.action] if turn else spec.action
         prompt = sd.describe(spec.colour, spec.shape, direction, language="en") if turn else sd.caption(spec, "en")
         window = extension_window(model.encode(clip[:17], seed=index), new_chunks=1, overlap_chunks=1)
-        step_mask = random_cut_masks(window, overlap_chunks=1, seed=index) if randomized_blending else None
         frames = model.decode(window.join(model.sample(prompt, window.samples, seed=100 + index, mask=window.mask,
-                                                       step_mask=step_mask, cfg=cfg, cfg_stop_sigma=cfg_stop_sigma)))
+                                                       cfg=cfg, cfg_stop_sigma=cfg_stop_sigma)))
         ratios.append(join_ratio(frames, 17))
         followed += detect(frames[17:]).action == direction
     return {"join_ratio": ratios, "direction_followed": followed, "of": len(DIRECTIONS), "cfg": cfg,
@@ -368,13 +384,14 @@ def extension_join(model, cfg=EXTENSION_CFG, cfg_stop_sigma=0.0, randomized_blen
 
 
 def long_video_drift(model, chunks=4, prompt="a blue square stays still"):
-    """Chained extension (2-chunk windows, 1 chunk overlap, as the long-video node plans it); per chunk the
+    """Chained extension (2-chunk windows, 1 chunk overlap, the long-video node's loop); per chunk the
     mean RGB of the shape pixels and of the background against the first chunk (largest channel change)."""
-    plan = long_video_plan(total_chunks=chunks, window_chunks=2, overlap_chunks=1)
-    clip = model.text_to_video(prompt, seed=7, chunks=plan[0])
-    for step, new in enumerate(plan[1:]):
-        window = extension_window(clip, new_chunks=new, overlap_chunks=1)
-        clip = window.join(model.sample(prompt, window.samples, seed=200 + step, mask=window.mask))
+    def sample(samples, mask, index):
+        return model.sample(prompt, samples, seed=7 if index == 0 else 199 + index, mask=mask)
+
+    side = SIZE // 16
+    clip = chain_windows(long_video_plan(total_chunks=chunks, window_chunks=2, overlap_chunks=1), sample,
+                         lambda new: torch.zeros(1, model.channels, 3 * new, side, side), overlap_chunks=1)
     frames = model.decode(clip).numpy()
     shape_drift, background_drift, colours = [], [], []
     first = None
@@ -444,7 +461,6 @@ MEASUREMENTS = {
     "extension_cfg3": lambda m: extension_join(m, cfg=CFG),
     "extension_cfg3_interval": lambda m: extension_join(m, cfg=CFG, cfg_stop_sigma=0.9),
     "extension_cfg3_turn": lambda m: extension_join(m, cfg=CFG, turn=True),
-    "extension_randomized_blending": lambda m: extension_join(m, randomized_blending=True),
     "long_video": long_video_drift,
     "keyframes": keyframe_interpolation,
     "sdedit": sdedit_similarity,

@@ -151,12 +151,12 @@ def train(model, bank, clips, specs, steps, lr, sigma_range, warm_up, every, ful
 
 
 def generation_hits(dit, guidance_scales, specs, full=False, seeds=12, log=print):
-    """Samples the task's prompts from noise with ``dit`` (cast to the shipped DiT's dtype, in place) and
+    """Samples the task's prompts from noise with ``dit``'s weights (in the shipped model's MODEL) and
     the shipped VAE and text encoders, seed i asking for the i-th of left, right, up, down in turn (and,
     with ``full``, for the colour and shape of ``specs[i]``); returns {cfg: (hits, detected actions)}
     over ``seeds`` seeds."""
     model = behaviour_metrics.TinyModel()
-    model.dit = dit.to(next(model.dit.parameters()).dtype).eval()
+    model.use_dit(dit)
     results = {}
     for cfg in guidance_scales:
         found = []

@@ -226,41 +226,25 @@ def test_long_video_plan_covers_the_length_with_bounded_windows():
 
 
 def test_chained_extensions_keep_every_earlier_latent():
-    from stepvideo_pack.samplers.modes import long_video_plan
+    """The long-video loop (modes.chain_windows, which the node runs) with an oracle velocity: every window
+    continues exactly the known target, earlier latents are never touched, and the whole target comes out."""
+    from stepvideo_pack.samplers.modes import chain_windows, long_video_plan
     target = video(40, (1, 4, 30, 2, 3))
-    current = None
-    for index, new in enumerate(long_video_plan(10, 4, 1)):
-        if current is None:
-            current = sample_flow_euler(oracle(target[:, :, :3 * new]), video(41, (1, 4, 3 * new, 2, 3)),
-                                        noise_levels(3))
-            continue
-        before = current.clone()
-        window = extension_window(current, new, 1)
-        start = current.shape[2] - 3
-        goal = target[:, :, start:start + window.samples.shape[2]]
-        sampled = sample_flow_euler(oracle(goal), video(42 + index, window.samples.shape), noise_levels(3),
-                                    latent=window.samples, mask=window.mask)
-        current = window.join(sampled)
-        assert torch.equal(current[:, :, :before.shape[2]], before)
-    assert current.shape[2] == 30
-    torch.testing.assert_close(current, target, rtol=0, atol=1e-4)
+    clips = []
 
+    def sample(samples, mask, index):
+        known = 0 if mask is None else int((mask[0, 0, :, 0, 0] == 0).sum())  # the clip's last chunk(s)
+        start = 0 if mask is None else clips[-1].shape[2] - known
+        goal = target[:, :, start:start + samples.shape[2]]
+        return sample_flow_euler(oracle(goal), video(41 + index, samples.shape), noise_levels(3),
+                                 latent=None if mask is None else samples, mask=mask)
 
-def test_random_cut_blending_frees_part_of_the_overlap_each_step_but_joins_exactly():
-    from stepvideo_pack.samplers.modes import random_cut_masks
-    clip = video(50)
-    window = extension_window(clip, new_chunks=1, overlap_chunks=2)
-    masks = random_cut_masks(window, overlap_chunks=2, seed=3)
-    freed = set()
-    for step in range(20):
-        m = masks(step)[0, 0, :, 0, 0]
-        assert m[6:].min() == 1  # the new chunk is always generated
-        known = (m[:6] == 0).nonzero().flatten().tolist()
-        assert known == list(range(len(known)))  # the known part is a prefix of the overlap (far from the cut)
-        freed.add(6 - len(known))
-    assert len(freed) > 3  # the cut moves between steps
-    target, noise = video(51, window.samples.shape), video(52, window.samples.shape)
-    sampled = sample_flow_euler(oracle(target), noise, noise_levels(6), latent=window.samples, mask=window.mask,
-                                step_mask=masks)
-    joined = window.join(sampled)
-    assert torch.equal(joined[:, :, :9], clip)
+    def keep(clip):
+        if clips:
+            assert torch.equal(clip[:, :, :clips[-1].shape[2]], clips[-1])
+        clips.append(clip.clone())
+
+    out = chain_windows(long_video_plan(10, 4, 1), sample, lambda chunks: torch.zeros(1, 4, 3 * chunks, 2, 3),
+                        overlap_chunks=1, on_window=keep)
+    assert [c.shape[2] for c in clips] == [12, 21, 30] and out.shape[2] == 30
+    torch.testing.assert_close(out, target, rtol=0, atol=1e-4)
