@@ -65,7 +65,7 @@ def main():
     os.symlink(EMBEDDED, os.path.join(host.models_dir, "stepvideo", MODEL_NAME), target_is_directory=True)
     start = time.monotonic()
     with host:
-        host.assert_pack_imported()
+        host.assert_pack_loaded()
         print(f"ComfyUI {host.url} started in {host.startup_seconds:.1f} s; queueing text_to_video: {args.prompt!r}")
         entry = host.client.run_prompt(prompt, workflow=workflow, timeout=900)
         video = next(f for files in entry["outputs"].values() for f in files.get("images", [])

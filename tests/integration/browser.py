@@ -303,9 +303,9 @@ class ComfyBrowser:
         self.console_entries.extend(entries)
         return entries
 
-    def severe_console_errors(self, ignore=("favicon", "user.css", "/userdata/", "templates", "Failed to fetch",
-                                            "ERR_NAME_NOT_RESOLVED", "ERR_INTERNET_DISCONNECTED",
-                                            "api.comfy.org")):
-        """SEVERE console entries that are not the known harmless ones on a fresh, offline user dir."""
+    def pack_console_problems(self, markers=("/extensions/ComfyUI-StepVideo/", "StepVideo")):
+        """Console warnings and errors since the last call that come from the pack's own scripts or name it
+        (its script URL, its extension, its nodes). Everything else is the frontend's or the browser's own
+        output, which differs between host versions and is none of the pack's business."""
         return [e for e in self.console_log()
-                if e.get("level") == "SEVERE" and not any(s in e.get("message", "") for s in ignore)]
+                if e.get("level") in ("WARNING", "SEVERE") and any(m in e.get("message", "") for m in markers)]

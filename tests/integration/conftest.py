@@ -9,7 +9,7 @@ Fixtures (all session-scoped unless noted):
                      define or import it in this file, and add its name to HOST_SETUP_FIXTURES.
                      Tests then request that fixture by name to get its value.
   comfy_host         the started scripts/comfy_host.ComfyHost (.url, .client, .models_dir, .output_dir,
-                     .log_path, .pack_import_report(), .pack_nodes()). Stopped at session end, even on
+                     .log_path, .assert_pack_loaded(), .pack_nodes()). Stopped at session end, even on
                      failure or Ctrl-C.
   comfy_client       comfy_host.client: queue_prompt / wait_for_history / run_prompt / output_files /
                      fetch_output / interrupt / object_info / models (scripts/comfy_host.ComfyClient).
@@ -32,11 +32,13 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "scripts"))
 from comfy_host import ARTIFACTS, ComfyHost, HostError
-from stepvideo_setup import stepvideo_inputs, stepvideo_models  # noqa: F401  (setup fixtures, see above)
+from stepvideo_setup import embedded_models, stepvideo_inputs, stepvideo_models  # noqa: F401  (setup fixtures)
 
 # Session fixtures that must run before the server starts (e.g. ones writing tiny checkpoints into
 # host_models_dir). Order is kept. Each may depend on host_models_dir / host_input_dir / comfy_host_unstarted.
-HOST_SETUP_FIXTURES = ["smoke_model_file", "stepvideo_models", "stepvideo_inputs"]
+HOST_SETUP_FIXTURES = ["smoke_model_file", "stepvideo_models", "stepvideo_inputs", "embedded_models"]
+# Server flags: live previews on (the host's default is none), as users run it to watch a generation.
+SERVER_ARGS = ["--preview-method", "auto"]
 
 # Frontend settings written into the fresh user dir: no first-run template dialog in the way.
 FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True}
@@ -93,7 +95,7 @@ def comfy_host_unstarted(tmp_path_factory, integration_artifacts_dir):
         os.remove(log_path)
     try:
         host = ComfyHost(base_dir=str(tmp_path_factory.mktemp("comfy_base")), log_path=log_path,
-                         frontend_settings=FRONTEND_SETTINGS)
+                         frontend_settings=FRONTEND_SETTINGS, extra_args=SERVER_ARGS)
     except HostError as e:
         pytest.fail(f"cannot set up the ComfyUI host: {e}", pytrace=False)
     _STATE["host"] = host

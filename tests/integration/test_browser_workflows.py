@@ -79,8 +79,8 @@ def test_dropped_workflow_shows_the_graph_and_runs_from_the_page(name, comfy_bro
     page.wait_for(f"[...document.querySelectorAll('video')].some(v => (v.currentSrc || v.src).includes('{video}'))",
                   timeout=30, what=f"a <video> preview of {video}")
     page.screenshot(f"workflow_{name}_preview")
-    errors = page.severe_console_errors()
-    assert not errors, json.dumps(errors, indent=1)[:3000]
+    problems = page.pack_console_problems()
+    assert not problems, json.dumps(problems, indent=1)[:3000]
 
 
 def test_dropped_generated_mp4_restores_its_graph(comfy_browser, comfy_client, stepvideo_models):

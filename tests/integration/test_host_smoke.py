@@ -21,76 +21,38 @@ def test_server_is_up_on_cpu(comfy_host, comfy_client):
     print(f"ComfyUI {stats['system']['comfyui_version']} ready in {comfy_host.startup_seconds:.1f} s")
 
 
-def pack_declares_nodes():
-    with open(os.path.join(REPO, "__init__.py"), encoding="utf-8") as f:
-        text = f.read()
-    return "NODE_CLASS_MAPPINGS" in text or "comfy_entrypoint" in text
+def workflow_node_types():
+    """The StepVideo node types the shipped workflows use."""
+    folder = os.path.join(REPO, "workflows", "api")
+    types = set()
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            types |= {node["class_type"] for node in json.load(f).values()}
+    return {t for t in types if t.startswith("StepVideo")}
 
 
-def test_pack_imports_without_failure(comfy_host):
-    report = comfy_host.pack_import_report()
-    assert report["error"] is None, f"the pack raised while ComfyUI imported it:\n{report['error']}"
-    assert report["listed"], f"ComfyUI did not try to load the pack; see {comfy_host.log_path}"
-    if report["no_nodes"] and not pack_declares_nodes():
-        pytest.skip("the pack imports but defines no NODE_CLASS_MAPPINGS/comfy_entrypoint yet "
-                    "(ComfyUI lists that as IMPORT FAILED)")
-    assert not report["failed"], f"ComfyUI lists the pack as IMPORT FAILED; see {comfy_host.log_path}"
-
-
-# Lines as ComfyUI 0.3.75 logs them (taken from real logs of a raising pack and of an empty pack).
-RAISING_PACK_LOG = """Traceback (most recent call last):
-  File "/h/ComfyUI/nodes.py", line 2146, in load_custom_node
-    module_spec.loader.exec_module(module)
-  File "{base}/custom_nodes/ComfyUI-StepVideo/__init__.py", line 1, in <module>
-    raise RuntimeError("boom from the pack")
-RuntimeError: boom from the pack
-
-Cannot import {base}/custom_nodes/ComfyUI-StepVideo module for custom nodes: boom from the pack
-
-Import times for custom nodes:
-   0.0 seconds: {base}/custom_nodes/ComfyUI-StepVideo-other
-   0.0 seconds (IMPORT FAILED): {base}/custom_nodes/ComfyUI-StepVideo
-"""
-EMPTY_PACK_LOG = """Skip {base}/custom_nodes/ComfyUI-StepVideo module for custom nodes due to the lack of \
-NODE_CLASS_MAPPINGS or NODES_LIST (need one).
-Import times for custom nodes:
-   0.0 seconds (IMPORT FAILED): {base}/custom_nodes/ComfyUI-StepVideo
-"""
-
-
-@pytest.mark.parametrize("log, expected", [
-    (RAISING_PACK_LOG, {"listed": True, "failed": True, "no_nodes": False}),
-    (EMPTY_PACK_LOG, {"listed": True, "failed": True, "no_nodes": True}),
-    ("Import times for custom nodes:\n   0.1 seconds: {base}/custom_nodes/ComfyUI-StepVideo\n",
-     {"listed": True, "failed": False, "no_nodes": False}),
-    ("Starting server\n", {"listed": False, "failed": False, "no_nodes": False}),
-])
-def test_import_report_reads_the_server_log(tmp_path, log, expected):
-    """The log check behind test_pack_imports_without_failure (no server needed)."""
-    host = ComfyHost(base_dir=str(tmp_path / "base"), log_path=str(tmp_path / "server.log"))
-    with open(host.log_path, "w", encoding="utf-8") as f:
-        f.write(log.format(base=host.base_dir))
-    report = host.pack_import_report()
-    assert {k: report[k] for k in expected} == expected
-    if "boom" in log:
-        assert report["error"].startswith("Traceback") and "RuntimeError: boom from the pack" in report["error"]
-        with pytest.raises(HostError, match="boom from the pack"):
-            host.assert_pack_imported()
-    else:
-        assert report["error"] is None
-
-
-def test_pack_node_definitions_are_served(comfy_host):
-    if comfy_host.pack_import_report()["no_nodes"]:
-        pytest.skip("the pack defines no nodes yet")
-    nodes = comfy_host.pack_nodes()
-    assert nodes, "the pack loaded, but /object_info attributes no node to it"
+def test_pack_loads_and_serves_its_node_definitions(comfy_host):
+    nodes = comfy_host.assert_pack_loaded()
+    assert workflow_node_types() <= set(nodes), sorted(workflow_node_types() - set(nodes))
     for name, info in nodes.items():
         assert info["name"] == name
         assert info["display_name"] and info["category"], info
         assert isinstance(info["input"].get("required", {}), dict), info
         assert len(info["output"]) == len(info["output_name"]), info
         assert info == comfy_host.client.object_info(name)
+
+
+def test_a_pack_that_fails_to_import_is_caught_through_the_api(tmp_path):
+    """The check above judges the pack by what /object_info serves, so a pack whose import raises is caught on
+    any host version, whatever its log says."""
+    broken = tmp_path / "broken_pack"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise RuntimeError('boom from the pack')\n")
+    host = ComfyHost(base_dir=str(tmp_path / "base"), log_path=str(tmp_path / "server.log"), pack_dir=str(broken))
+    with host:
+        with pytest.raises(HostError, match="serves no nodes"):
+            host.assert_pack_loaded()
+        assert host.client.object_info("EmptyImage")  # the server itself is fine
 
 
 def empty_image_prompt(width, height, batch, color, prefix):
@@ -122,34 +84,32 @@ def test_core_workflow_runs_and_outputs_decode(comfy_client):
         assert json.loads(image.text["workflow"]) == workflow
 
 
-@pytest.mark.parametrize("case, prompt, node, error_type", [
-    ("missing input", {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}},
-     "1", "required_input_missing"),
-    ("below min", empty_image_prompt(0, 8, 1, 0, "x"), "1", "value_smaller_than_min"),
+@pytest.mark.parametrize("case, prompt, node, input_name", [
+    ("missing input", {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}, "1", "images"),
+    ("below min", empty_image_prompt(0, 8, 1, 0, "x"), "1", "width"),
     ("wrong link", {**empty_image_prompt(8, 8, 1, 0, "x"),
                     "2": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "x"}}},
      "2", None),
 ])
-def test_invalid_prompt_is_rejected_with_node_errors(comfy_client, case, prompt, node, error_type):
+def test_invalid_prompt_is_rejected_with_node_errors(comfy_client, case, prompt, node, input_name):
     with pytest.raises(PromptRejected) as info:
         comfy_client.queue_prompt(prompt)
     rejected = info.value
     assert rejected.status == 400, rejected.response
-    assert rejected.error["type"] == "prompt_outputs_failed_validation", rejected.response
-    assert node in rejected.node_errors, rejected.response
-    if error_type:
-        assert [e["type"] for e in rejected.node_errors[node]["errors"]] == [error_type]
+    assert rejected.error and node in rejected.node_errors, rejected.response
+    assert rejected.node_errors[node]["errors"], rejected.response
+    if input_name:  # the errors say which input is wrong (wherever in its details a host version puts it)
+        assert input_name in json.dumps(rejected.node_errors[node]["errors"]), rejected.response
 
 
-@pytest.mark.parametrize("prompt, error_type", [
-    ({"1": {"class_type": "NoSuchNodeAnywhere", "inputs": {}}}, "invalid_prompt"),
-    ({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}},
-     "prompt_no_outputs"),
+@pytest.mark.parametrize("prompt", [
+    {"1": {"class_type": "NoSuchNodeAnywhere", "inputs": {}}},
+    {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}},
 ])
-def test_unusable_prompt_is_rejected(comfy_client, prompt, error_type):
+def test_unusable_prompt_is_rejected(comfy_client, prompt):
     with pytest.raises(PromptRejected) as info:
         comfy_client.queue_prompt(prompt)
-    assert info.value.status == 400 and info.value.error["type"] == error_type, info.value.response
+    assert info.value.status == 400 and info.value.error, info.value.response
     assert info.value.node_errors == {}
 
 
