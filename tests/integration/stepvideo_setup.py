@@ -13,12 +13,20 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import tiny_checkpoints
+from comfy_host import REPO
 from stepvideo_pack.media.mp4 import write_mp4
-from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY
+from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY, detect_dit_config, dit_weights
+from stepvideo_pack.model_loaders.official_layout import save_transformer
 from stepvideo_pack.networks.dit import DiTConfig
 from workflow_specs import INPUT_FILES, T2V, TI2V, TURBO
 
 WIDTH, HEIGHT = 96, 64
+EMBEDDED = "stepvideo-tiny"  # weights/stepvideo-tiny, the trained small model
+EMBEDDED_MERGED = "stepvideo-tiny-lora-merged"  # its DiT with LORA merged into the weights
+LORA_RANK, LORA_ALPHA = 4, 2.0
+LORA_FILES = {"comfy": "stepvideo_tiny_comfy.safetensors", "diffusers": "stepvideo_tiny_diffusers.safetensors",
+              "kohya": "stepvideo_tiny_kohya.safetensors"}
+LORA_TARGETS = ("transformer_blocks.{}.attn1.wqkv", "transformer_blocks.{}.attn2.wq", "transformer_blocks.{}.ff.net.2")
 BROKEN = "stepvideo-broken"
 CLEAN_CONTEXT = "stepvideo-t2v-clean-context"  # the t2v DiT, its checkpoint marked as trained with clean known latents
 MISSING_SHARD = "diffusion_pytorch_model-00002-of-00002.safetensors"
@@ -48,6 +56,60 @@ def stepvideo_models(host_models_dir):
     tiny_checkpoints.write_transformer(clean, metadata={KNOWN_LATENTS_KEY: "clean"})
     folders[CLEAN_CONTEXT] = clean
     return folders
+
+
+def lora_pairs(state, seed=0):
+    """{module name: (down (r, in), up (out, r))} of a random rank-LORA_RANK LoRA on LORA_TARGETS of every block."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks."))
+    pairs = {}
+    for block in range(blocks):
+        for target in LORA_TARGETS:
+            name = target.format(block)
+            out_features, in_features = state[name + ".weight"].shape
+            pairs[name] = (torch.randn(LORA_RANK, in_features, generator=gen) * 0.2,
+                           torch.randn(out_features, LORA_RANK, generator=gen) * 0.2)
+    return pairs
+
+
+def lora_file(pairs, style):
+    """The same LoRA in a key format people produce: ComfyUI's, diffusers/PEFT's or kohya's."""
+    tensors = {}
+    for name, (down, up) in pairs.items():
+        if style == "diffusers":  # PEFT: lora_A = down, lora_B = up, no alpha (scale 1): fold alpha / rank into B
+            tensors[f"transformer.{name}.lora_A.weight"] = down
+            tensors[f"transformer.{name}.lora_B.weight"] = up * (LORA_ALPHA / LORA_RANK)
+            continue
+        prefix = f"diffusion_model.{name}" if style == "comfy" else "lora_unet_" + name.replace(".", "_")
+        tensors[f"{prefix}.lora_down.weight"] = down
+        tensors[f"{prefix}.lora_up.weight"] = up
+        tensors[f"{prefix}.alpha"] = torch.tensor(LORA_ALPHA)
+    return tensors
+
+
+@pytest.fixture(scope="session")
+def embedded_models(host_models_dir):
+    """models/stepvideo/stepvideo-tiny (the embedded model), one LoRA for its DiT in three key formats in
+    models/loras/, and models/stepvideo/stepvideo-tiny-lora-merged: the same model with that LoRA merged at
+    strength 1 (W + alpha / rank * up @ down, in float32). Returns {"lora_files": LORA_FILES}."""
+    root = os.path.join(host_models_dir, "stepvideo")
+    os.makedirs(root, exist_ok=True)
+    source = os.path.join(REPO, "weights", EMBEDDED)
+    os.symlink(source, os.path.join(root, EMBEDDED), target_is_directory=True)
+    weights = dit_weights(os.path.join(source, "transformer"))
+    state = {k: weights.load(k).float() for k in weights.keys()}
+    pairs = lora_pairs(state)
+    loras = os.path.join(host_models_dir, "loras")
+    os.makedirs(loras, exist_ok=True)
+    for style, name in LORA_FILES.items():
+        save_file(lora_file(pairs, style), os.path.join(loras, name))
+    for name, (down, up) in pairs.items():
+        state[name + ".weight"] = state[name + ".weight"] + (LORA_ALPHA / LORA_RANK) * up @ down
+    merged = os.path.join(root, EMBEDDED_MERGED)
+    save_transformer(state, merged, detect_dit_config(weights), metadata=weights.metadata())
+    for part in ("vae", "step_llm", "hunyuan_clip"):
+        os.symlink(os.path.join(source, part), os.path.join(merged, part), target_is_directory=True)
+    return {"lora_files": LORA_FILES}
 
 
 def _frames(count, hue_shift=0.0):
