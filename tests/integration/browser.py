@@ -303,9 +303,10 @@ class ComfyBrowser:
         self.console_entries.extend(entries)
         return entries
 
-    def pack_console_problems(self, markers=("/extensions/ComfyUI-StepVideo/", "StepVideo")):
-        """Console warnings and errors since the last call that come from the pack's own scripts or name it
-        (its script URL, its extension, its nodes). Everything else is the frontend's or the browser's own
-        output, which differs between host versions and is none of the pack's business."""
+    def pack_console_problems(self, script_path="/extensions/ComfyUI-StepVideo/"):
+        """Console warnings and errors since the last call that come from the pack's own scripts: logged by them
+        (the message starts with their URL) or about them (the frontend naming their URL, e.g. a failed load).
+        Everything else is the frontend's or the browser's own output, which differs between host versions
+        (it may even name our nodes, e.g. a blocked look-up of them in an online registry)."""
         return [e for e in self.console_log()
-                if e.get("level") in ("WARNING", "SEVERE") and any(m in e.get("message", "") for m in markers)]
+                if e.get("level") in ("WARNING", "SEVERE") and script_path in e.get("message", "")]
