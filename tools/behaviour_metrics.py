@@ -62,8 +62,10 @@ GUIDANCE_SCALES = (1.0, 2.0, 3.0, 5.0)
 class TinyModel:
     """The shipped model with helpers in ComfyUI's latent layout (B, C, T, h, w); frames (F, H, W, 3) in [0, 1]."""
 
-    def __init__(self, root=WEIGHTS):
-        self.model = load_stepvideo_model(os.path.join(root, "transformer"), weight_dtype="bf16", attention="sdpa")
+    def __init__(self, root=WEIGHTS, transformer=None):
+        """root: the model's official folder; transformer: another DiT folder to sample with (research tools)."""
+        self.model = load_stepvideo_model(transformer or os.path.join(root, "transformer"), weight_dtype="bf16",
+                                          attention="sdpa")
         self.dit = self.model.model.diffusion_model
         self.vae = load_vae(os.path.join(root, "vae", "vae_v2.safetensors"), dtype=torch.float32)
         self.text = StepVideoTextEncoder(os.path.join(root, "step_llm"), os.path.join(root, "hunyuan_clip"),
@@ -97,10 +99,6 @@ class TinyModel:
             return self.model.model.apply_model(
                 noised, torch.full((batch,), float(sigma)), c_crossattn=llm_states.expand(batch, -1, -1),
                 **{k: v.expand(batch, *v.shape[1:]) for k, v in extra.items()}).float()
-
-    def use_dit(self, dit):
-        """Sample with the weights of another StepVideoDiT of the same size (research tools)."""
-        self.dit.load_state_dict(dit.state_dict())
 
     def text_to_video(self, prompt, seed=0, chunks=1, **options):
         side = SIZE // 16

@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -151,12 +152,13 @@ def train(model, bank, clips, specs, steps, lr, sigma_range, warm_up, every, ful
 
 
 def generation_hits(dit, guidance_scales, specs, full=False, seeds=12, log=print):
-    """Samples the task's prompts from noise with ``dit``'s weights (in the shipped model's MODEL) and
-    the shipped VAE and text encoders, seed i asking for the i-th of left, right, up, down in turn (and,
-    with ``full``, for the colour and shape of ``specs[i]``); returns {cfg: (hits, detected actions)}
-    over ``seeds`` seeds."""
-    model = behaviour_metrics.TinyModel()
-    model.use_dit(dit)
+    """Samples the task's prompts from noise with ``dit`` (saved as an official transformer/ folder and loaded
+    as a MODEL, bf16) and the shipped VAE and text encoders, seed i asking for the i-th of left, right, up,
+    down in turn (and, with ``full``, for the colour and shape of ``specs[i]``); returns
+    {cfg: (hits, detected actions)} over ``seeds`` seeds."""
+    with tempfile.TemporaryDirectory() as folder:
+        model = behaviour_metrics.TinyModel(
+            transformer=official_layout.save_transformer(dit.state_dict(), folder, dit.config, shards=1))
     results = {}
     for cfg in guidance_scales:
         found = []
