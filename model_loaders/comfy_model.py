@@ -27,9 +27,11 @@ import comfy.utils
 from ..networks.attention import resolve_backend
 from ..networks.dit import StepVideoDiT
 from ..samplers.flow_schedule import DEFAULT_SHIFT, comfy_velocity, timestep_from_sigma
+from .comfy_quantized import QuantizedModelPatcher, QuantizedOps
 from .dit_loader import WHAT, detect_dit_config, dit_weights, trained_clean_known
 from .materialize import FP8_DTYPES, load_into
 from .memory import dit_activation_bytes
+from .quantized_files import is_quantized
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +146,17 @@ def load_stepvideo_model(path, weight_dtype="default (bf16)", attention="sdpa", 
     dit_config = detect_dit_config(weights)
     model_config = StepVideoModelConfig(dit_config, shift=shift)
     load_device = comfy.model_management.get_torch_device()
+    quantized = is_quantized(weights)  # pre-quantized file: kept as stored, memory-mapped (comfy_quantized.py)
+    if quantized:
+        storage, model_config.custom_operations = torch.bfloat16, QuantizedOps
     compute = torch.bfloat16 if storage in FP8_DTYPES else storage
     manual_cast = comfy.model_management.unet_manual_cast(storage, load_device, model_config.supported_inference_dtypes)
     if storage in FP8_DTYPES and manual_cast is None:
         manual_cast = compute
     model_config.set_inference_dtype(storage, manual_cast)
     model = StepVideoBaseModel(model_config, device="meta")
-    load_into(model.diffusion_model, weights, WHAT, weight_dtype=storage, compute_dtype=manual_cast or compute,
+    load_into(model.diffusion_model, weights, WHAT, weight_dtype=None if quantized else storage,
+              compute_dtype=None if quantized else manual_cast or compute,
               device=comfy.model_management.unet_offload_device())
     model.device = comfy.model_management.unet_offload_device()
     backend, message = resolve_backend(attention)
@@ -161,6 +167,6 @@ def load_stepvideo_model(path, weight_dtype="default (bf16)", attention="sdpa", 
     model.diffusion_model.clean_known = trained_clean_known(weights)
     log.info("Step-Video DiT %s: %d layers, %d heads x %d, weights %s, compute %s, attention %s",
              dit_config.variant, dit_config.num_layers, dit_config.num_heads, dit_config.head_dim,
-             storage, manual_cast or compute, backend)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device,
-                                            offload_device=comfy.model_management.unet_offload_device())
+             weights.quantization if quantized else storage, manual_cast or compute, backend)
+    patcher = QuantizedModelPatcher if quantized else comfy.model_patcher.ModelPatcher
+    return patcher(model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())

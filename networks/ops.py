@@ -56,6 +56,7 @@ class CastOps:
 
     class Embedding(nn.Embedding):
         def forward(self, ids, out_dtype=None):
-            weight = self.weight if out_dtype is None else self.weight.to(out_dtype)
-            return F.embedding(ids, weight.to(ids.device))
+            """Rows looked up where the table is (only they travel to ``ids``' device), then cast."""
+            rows = F.embedding(ids.to(self.weight.device), self.weight).to(ids.device)
+            return rows if out_dtype is None else rows.to(out_dtype)
 
