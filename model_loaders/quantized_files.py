@@ -88,7 +88,7 @@ class MappedWeightFiles(WeightFiles):
     """WeightFiles whose tensors are views of memory maps; packed keys load as :class:`PackedWeight`.
 
     info[key].shape is the logical shape; formats: key -> format name of the packed keys;
-    scales: weight key -> the key of its fp8 scale.
+    scales: weight key -> the Span of its fp8 scale.
     """
 
     def __init__(self, source, info, spans, formats=None, scales=None, metadata=None):
@@ -106,7 +106,7 @@ class MappedWeightFiles(WeightFiles):
         fmt = self.formats.get(key)
         if fmt is None:
             return tensor
-        scale = self.spans[self.scales[key]].tensor().reshape(()) if key in self.scales else None
+        scale = self.scales[key].tensor().reshape(()) if key in self.scales else None
         return PackedWeight(tensor, fmt, self.info[key].shape, scale)
 
     def metadata(self):
@@ -192,8 +192,9 @@ def scaled_fp8_view(weights):
     mapped = mapped_view(weights)
     hidden = set(scale_keys) | {SCALED_FP8_MARKER}
     info = {k: v for k, v in mapped.info.items() if k not in hidden}
-    spans = dict(mapped.spans)
-    return MappedWeightFiles(source, info, spans, {k: "fp8_scaled" for k in scales}, scales, mapped.metadata())
+    spans = {k: v for k, v in mapped.spans.items() if k not in hidden}
+    return MappedWeightFiles(source, info, spans, {k: "fp8_scaled" for k in scales},
+                             {k: mapped.spans[v] for k, v in scales.items()}, mapped.metadata())
 
 
 # --- GGUF --------------------------------------------------------------------------------------------------
