@@ -10,8 +10,8 @@ every non-block layer; Step-LLM 6144 wide, FFN 16896, the 65536-row embedding), 
 weights written tensor by tensor, converted with the pack's converter. Each (model, format) is measured
 in a fresh subprocess: RSS (anonymous and file-backed, /proc/self/status) before and after loading, the
 peak during one forward of the block/layer at ``--tokens`` tokens in float32 (the CPU compute dtype),
-and the median forward time. "bf16" is the unquantized source loaded the ordinary way (weights copied
-into RAM, cast to float32 per call), the baseline for the time of the per-call dequantization.
+and the median forward time. "bf16" is the unquantized source loaded the ordinary way (matmul weights
+kept bf16 and cast to float32 per call), the baseline for the time of the per-call dequantization.
 """
 
 import argparse
@@ -139,6 +139,11 @@ def probe(kind, path, fmt, tokens, threads, repeats):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def layer_of(model):
+    """The block (DiT) or layer (Step-LLM) the probe runs."""
+    return model.transformer_blocks[0] if hasattr(model, "transformer_blocks") else model.transformer.layers[0]
+
+
 def measure(tokens, threads, repeats, scratch):
     rows = []
     for kind in ("dit", "step_llm"):
@@ -162,7 +167,7 @@ def measure(tokens, threads, repeats, scratch):
             measured = probe(kind, path, fmt, tokens, threads, repeats)
             rows.append({"model": kind, "format": fmt, "convert_seconds": seconds, "file_bytes": size,
                          "predicted_bytes": predicted, "full_model_bytes": full_bytes,
-                         "working_predicted": dequantized_working_bytes(meta, torch.float32), **measured})
+                         "working_predicted": dequantized_working_bytes(layer_of(meta), torch.float32), **measured})
             if fmt != "bf16":
                 os.remove(path)
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

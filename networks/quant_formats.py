@@ -133,16 +133,21 @@ _GGML_DEQUANTIZERS = {"Q8_0": _dequantize_q8_0, "Q6_K": _dequantize_q6_k, "Q5_K"
 def dequantize(packed, format_name, shape, dtype, scale=None):
     """Packed weight -> (out, in) tensor in ``dtype`` on ``packed``'s device.
 
-    Block math runs in float32 (exactly llama.cpp's reconstruction), then one cast to ``dtype``.
+    Block math runs in float32 (exactly llama.cpp's reconstruction), then one cast to ``dtype``; it goes
+    DEQUANTIZE_CHUNK_VALUES values at a time, so the working set is the output plus a few small
+    float32 temporaries.
     """
     fmt = FORMATS[format_name]
-    if not fmt.ggml:
-        return (packed.float() * scale.to(device=packed.device, dtype=torch.float32)).to(dtype)
-    blocks = packed.reshape(-1, fmt.block_bytes)
-    out = torch.empty(blocks.shape[0], fmt.block_size, dtype=dtype, device=packed.device)
-    step = max(1, DEQUANTIZE_CHUNK_VALUES // fmt.block_size)  # bounds the float32 temporaries
-    for start in range(0, blocks.shape[0], step):
-        out[start:start + step] = _GGML_DEQUANTIZERS[format_name](blocks[start:start + step])
+    if fmt.ggml:
+        rows, unpack = packed.reshape(-1, fmt.block_bytes), _GGML_DEQUANTIZERS[format_name]
+    else:
+        factor = scale.to(device=packed.device, dtype=torch.float32)
+        rows, unpack = packed.reshape(-1, shape[-1]), lambda part: part.float() * factor
+    out = torch.empty(rows.shape[0], rows.shape[1] if not fmt.ggml else fmt.block_size, dtype=dtype,
+                      device=packed.device)
+    step = max(1, DEQUANTIZE_CHUNK_VALUES // out.shape[1])  # bounds the float32 temporaries
+    for start in range(0, rows.shape[0], step):
+        out[start:start + step] = unpack(rows[start:start + step])
     return out.reshape(shape)
 
 
