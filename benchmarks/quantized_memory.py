@@ -197,7 +197,7 @@ def run_table(rows, llm_format_for):
             frames_rgb = 204 * height * 16 * width * 16 * 3 * 4  # decoded IMAGE batch, float32, in RAM
             row = {"format": fmt, "size": size, "weights": weights, "activations": activations}
             for budget in (24, 16):
-                vram = budget * 1e9
+                vram = budget * GIB  # a "24 GB" card has 24 GiB
                 fixed = activations + working + OVERHEAD
                 streamed = max(0.0, weights + fixed - vram + (2 * working if weights + fixed > vram else 0))
                 row[f"streamed_{budget}"] = streamed if fixed < vram else None
@@ -212,7 +212,7 @@ def fits(row, budget):
     if streamed is None:
         return "no"
     words = "yes, resident" if streamed == 0 else f"yes, {streamed / GIB:.1f} GiB streamed per step"
-    return words + ("" if ram <= 32e9 else f" (RAM {ram / GIB:.0f} GiB > 32 GB)")
+    return words + ("" if ram <= 32 * GIB else f" (RAM {ram / GIB:.0f} GiB > 32 GB)")
 
 
 def report(rows, table, threads, tokens):
@@ -240,9 +240,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--from-json", default=None, help="re-render the tables from an earlier --json")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
-        rows = measure(args.tokens, args.threads, args.repeats, scratch)
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as f:
+            rows = json.load(f)["rows"]
+    else:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
+            rows = measure(args.tokens, args.threads, args.repeats, scratch)
     table = run_table(rows, lambda fmt: "Q8_0" if fmt in ("bf16", "fp8_scaled", "Q8_0") else fmt)
     print(report(rows, table, args.threads, args.tokens))
     if args.json:
