@@ -17,7 +17,6 @@ kept bf16 and cast to float32 per call), the baseline for the time of the per-ca
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
