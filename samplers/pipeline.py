@@ -26,12 +26,11 @@ def dit_velocity(dit, cond, uncond=None, guidance=1.0, condition=None, motion_sc
     """velocity(x, sigma) for ``sample_flow_euler``: the DiT on [cond, uncond] with CFG, ComfyUI convention.
 
     cond/uncond: TextEmbeddings (batch 1 or the latent batch). condition: TI2V image-condition latents
-    (B, C, T, h, w) or None. dtype: compute dtype (default: the dtype of the DiT's output layer weights).
+    (B, C, T, h, w) or None. dtype: compute dtype (default: the dtype of the DiT's modulation table, which
+    the loaders keep in the compute dtype whatever the matmul weights are stored as: fp8, quantized).
     cfg_stop_sigma: no guidance (the prompt pass alone) below this noise level (``flow_euler.guidance_at``).
     """
-    dtype = dtype or dit.proj_out.weight.dtype
-    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        dtype = torch.bfloat16
+    dtype = dtype or dit.scale_shift_table.dtype
 
     def text_batch(batch, use_cfg):
         parts = [cond, uncond] if use_cfg else [cond]
