@@ -31,10 +31,12 @@ from ..networks.attention import register_host_attention, resolve_backend
 from ..networks.dit import StepVideoDiT
 from ..samplers.flow_schedule import DEFAULT_SHIFT, comfy_velocity, timestep_from_sigma
 from ..samplers.video_geometry import FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, SPATIAL, to_comfy, to_official
+from .comfy_quantized import QuantizedModelPatcher, QuantizedOps
 from .conditioning import CLIP_KEY, LLM_MASK_KEY, check_text_conditioning, dit_text_inputs
 from .dit_loader import WHAT, detect_dit_config, dit_weights, trained_clean_known
 from .materialize import FP8_DTYPES, load_into
 from .memory import dit_activation_bytes
+from .quantized_files import is_quantized
 
 log = logging.getLogger(__name__)
 
@@ -265,13 +267,17 @@ def load_stepvideo_model(path, weight_dtype="default (bf16)", attention="comfy",
     dit_config = detect_dit_config(weights)
     model_config = StepVideoModelConfig(dit_config, shift=shift, preview_map=preview_map)
     load_device = comfy.model_management.get_torch_device()
+    quantized = is_quantized(weights)  # pre-quantized file: kept as stored, memory-mapped (comfy_quantized.py)
+    if quantized:
+        storage, model_config.custom_operations = torch.bfloat16, QuantizedOps
     compute = torch.bfloat16 if storage in FP8_DTYPES else storage
     manual_cast = comfy.model_management.unet_manual_cast(storage, load_device, model_config.supported_inference_dtypes)
     if storage in FP8_DTYPES and manual_cast is None:
         manual_cast = compute
     model_config.set_inference_dtype(storage, manual_cast)
     model = StepVideoBaseModel(model_config, device="meta")
-    load_into(model.diffusion_model, weights, WHAT, weight_dtype=storage, compute_dtype=manual_cast or compute,
+    load_into(model.diffusion_model, weights, WHAT, weight_dtype=None if quantized else storage,
+              compute_dtype=None if quantized else manual_cast or compute,
               device=comfy.model_management.unet_offload_device())
     model.device = comfy.model_management.unet_offload_device()
     backend, message = resolve_backend(attention)
@@ -282,5 +288,7 @@ def load_stepvideo_model(path, weight_dtype="default (bf16)", attention="comfy",
     model.diffusion_model.clean_known = trained_clean_known(weights)
     log.info("Step-Video DiT %s: %d layers, %d heads x %d, weights %s, compute %s, attention %s",
              dit_config.variant, dit_config.num_layers, dit_config.num_heads, dit_config.head_dim,
-             storage, manual_cast or compute, backend)
-    return MODEL_PATCHER(model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
+             weights.quantization if quantized else storage, manual_cast or compute, backend)
+    # quantized weights keep LoRA patches for call time (comfy_quantized.py), on the host's plain patcher class
+    patcher = QuantizedModelPatcher if quantized else MODEL_PATCHER
+    return patcher(model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())

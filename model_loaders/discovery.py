@@ -6,8 +6,8 @@ Two ways users store weights:
   ``models/stepvideo/stepvideo-t2v/{transformer,vae,step_llm,hunyuan_clip}/`` — listed by its
   folder name (relative to the stepvideo root), one entry per part it holds; a part folder on its
   own (``models/stepvideo/my-transformer/`` holding the shard index) is listed too;
-* single files in ComfyUI's standard folders (``diffusion_models``, ``vae``, ``text_encoders``),
-  listed by file name.
+* single files in ComfyUI's standard folders (``diffusion_models``, which includes ``unet``, ``vae``,
+  ``text_encoders``), listed by file name; pre-quantized ``.gguf`` files among them.
 """
 
 import os
@@ -22,7 +22,7 @@ PARTS = {
     "step_llm": (STEP_LLM_DIR, lambda d: _has_suffix(d, "step1_chat_tokenizer.model")),
     "hunyuan_clip": (CLIP_DIR, lambda d: os.path.isdir(os.path.join(d, "clip_text_encoder"))),
 }
-SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft", ".gguf")  # .gguf: pre-quantized (quantized_files.py)
 MAX_DEPTH = 3
 
 

@@ -14,6 +14,7 @@ from ..networks.ops import CastOps, DEFAULT_OPERATIONS
 from .errors import CheckpointError
 from .identify import describe, find_prefix
 from .materialize import FP8_DTYPES, build_on_meta, load_into
+from .quantized_files import is_quantized
 from .weight_files import open_weights
 
 WHAT = "Step-Video DiT"
@@ -76,10 +77,15 @@ def load_dit(path, weight_dtype=torch.bfloat16, compute_dtype=None, device="cpu"
     weight_dtype: storage of matmul weights (bf16/fp16/fp32 or fp8 e4m3fn/e5m2); compute_dtype:
     storage of the rest and the dtype to run in (default: weight_dtype, bf16 for fp8). With fp8
     (or any weight_dtype != compute_dtype) the layers cast weights at call time (CastOps).
+    A pre-quantized file (GGUF, scaled fp8) keeps what it stores, memory-mapped: both dtypes are
+    ignored, the layers dequantize at call time to the dtype of the inputs (CastOps).
     """
     weights = dit_weights(path)
     config = detect_dit_config(weights)
-    if compute_dtype is None:
+    if is_quantized(weights):
+        weight_dtype = compute_dtype = None
+        operations = operations or CastOps
+    elif compute_dtype is None:
         compute_dtype = torch.bfloat16 if weight_dtype in FP8_DTYPES else weight_dtype
     if operations is None:
         operations = CastOps if weight_dtype != compute_dtype else DEFAULT_OPERATIONS

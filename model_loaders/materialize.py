@@ -10,6 +10,7 @@ from torch import nn
 
 from .errors import CheckpointError, examples
 from .identify import describe
+from .quantized_files import PackedWeight
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -48,16 +49,33 @@ def weight_dtype_for(module, leaf, weight_dtype, compute_dtype):
     return compute_dtype
 
 
+def attach_packed(module, leaf, packed, device, where):
+    """Make ``packed`` (a quantized_files.PackedWeight) the ``leaf`` weight of ``module``, as stored (packed
+    bytes or fp8 + scale; networks/quant_formats.py says how layers read it)."""
+    if leaf != "weight" or not getattr(module, "supports_packed_weights", False):
+        raise CheckpointError(f"{where} is quantized ({packed.format}) but belongs to a {type(module).__name__}, "
+                              "which cannot run quantized weights; only Linear weights can be quantized.")
+    module._parameters["weight"] = nn.Parameter(packed.data.to(device), requires_grad=False)
+    module.weight_format, module.weight_shape = packed.format, tuple(packed.shape)
+    if packed.scale is not None:
+        module.register_buffer("scale_weight", packed.scale.to(device=device, dtype=torch.float32))
+
+
 def load_into(model: nn.Module, weights, what, weight_dtype=torch.float32, compute_dtype=None, device="cpu",
               key_map=None):
     """Fill the meta-built ``model`` from ``weights`` (a WeightFiles), strictly.
 
     Args:
         what: the model's name for error messages ("Step-Video DiT").
-        weight_dtype: storage dtype of matmul/conv weights (may be fp8).
+        weight_dtype: storage dtype of matmul/conv weights (may be fp8; None: as stored in the file).
         compute_dtype: storage dtype of the other parameters (default: ``weight_dtype`` unless fp8,
-            then bfloat16).
+            then bfloat16; None with weight_dtype None: as stored).
         key_map: optional model-key -> file-key function (e.g. the VAE's conv_out rename).
+
+    Quantized weights (PackedWeight, from pre-quantized files) are attached as stored, whatever
+    weight_dtype says; their layers must come from operations that dequantize (``supports_packed_weights``).
+    Tensors already in the requested dtype on ``device`` are used as they are (a memory-mapped file stays
+    mapped, nothing is copied).
     """
     if compute_dtype is None:
         compute_dtype = torch.bfloat16 if weight_dtype in FP8_DTYPES else weight_dtype
@@ -86,6 +104,9 @@ def load_into(model: nn.Module, weights, what, weight_dtype=torch.float32, compu
                 f"{kind} tensor there. The file was converted wrongly or is not a {what}.")
         dtype = weight_dtype_for(module, leaf, weight_dtype, compute_dtype) if current.is_floating_point() else None
         tensor = weights.load(file_key)
+        if isinstance(tensor, PackedWeight):
+            attach_packed(module, leaf, tensor, device, f"{weights.source}: tensor {file_key!r}")
+            continue
         tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
         if is_param:
             module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)

@@ -16,9 +16,12 @@ times c / L: 4 + 9 c / L (measured at 4096 tokens: 5.2, 6.9 and 8.4 units at c /
 import functools
 
 import torch
+from torch import nn
 
 from ..networks.dit import StepVideoDiT
+from ..networks.quant_formats import DEQUANTIZE_CHUNK_VALUES, FORMATS
 from .materialize import FP8_DTYPES, build_on_meta, weight_dtype_for
+from .quantize import storage_for
 
 BLOCK_PEAK_UNITS = 11.0        # L*D units at the peak of an unchunked block
 CHUNKED_BASE_UNITS = 4.0       # q, k, v and x across all tokens when chunked
@@ -46,6 +49,30 @@ def dit_weight_bytes(config, weight_dtype=torch.bfloat16, compute_dtype=None):
         for leaf, param in module.named_parameters(recurse=False):
             total += param.numel() * dtype_bytes(weight_dtype_for(module, leaf, weight_dtype, compute_dtype))
     return total
+
+
+def stored_bytes(model, target):
+    """Bytes of a meta-built ``model``'s parameters in a pre-quantized file of format ``target`` (the storage
+    rule of quantize.storage_for; unquantized tensors in bf16, an fp8 weight with its 4-byte scale). The
+    same bytes are what the loaded model holds resident: it keeps the file's storage as is."""
+    total = 0
+    for prefix, module in model.named_modules():
+        for leaf, param in module.named_parameters(recurse=False):
+            key = f"{prefix}.{leaf}" if prefix else leaf
+            fmt = storage_for(key, tuple(param.shape), leaf == "weight" and isinstance(module, nn.Linear), target)
+            if fmt is None:
+                total += param.numel() * dtype_bytes(torch.bfloat16)
+            else:
+                total += int(param.numel() * FORMATS[fmt].bytes_per_weight()) + (0 if FORMATS[fmt].ggml else 4)
+    return total
+
+
+def dequantized_working_bytes(model, dtype=torch.bfloat16):
+    """Bytes one call of the largest Linear of ``model`` adds when its weight is dequantized per call: the
+    weight in the compute dtype plus the float32 temporaries of one dequantization step
+    (networks/quant_formats.DEQUANTIZE_CHUNK_VALUES values, about 4 of them)."""
+    largest = max((m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)), default=0)
+    return largest * dtype_bytes(dtype) + 4 * DEQUANTIZE_CHUNK_VALUES * 4
 
 
 def dit_activation_bytes(config, batch, frames, height, width, dtype=torch.bfloat16, chunk_tokens=None,

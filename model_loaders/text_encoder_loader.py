@@ -26,6 +26,7 @@ from ..networks.step_llm import StepLLM, StepLLMConfig, ffn_width
 from .errors import CheckpointError
 from .identify import describe, find_prefix, identify
 from .materialize import build_on_meta, load_into
+from .quantized_files import is_gguf, is_quantized, mapped_view
 from .text_tokenizers import BertTokenizer, StepTokenizer
 from .weight_files import open_weights
 
@@ -78,13 +79,14 @@ def embed_file(data):
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def _is_single_safetensors(path):
-    return os.path.isfile(path) and path.endswith(".safetensors")
+def _is_single_file(path):
+    """A one-file checkpoint that may embed its tokenizer and config: .safetensors or GGUF."""
+    return os.path.isfile(path) and (path.endswith(".safetensors") or is_gguf(path))
 
 
 def _config_near(path, weights):
     """(config.json dict or None, its source): embedded in a single file, else beside the weight files."""
-    if _is_single_safetensors(path):
+    if _is_single_file(path):
         data = embedded_file(weights, "config.json")
         source = f"{path} (embedded config.json)"
     else:
@@ -202,7 +204,8 @@ def detect_step_llm_config(weights, config_sources=()) -> StepLLMConfig:
     return config
 
 
-def load_step_llm(path, dtype=torch.bfloat16, device="cpu", config=None, operations=None, weight_dtype=None):
+def load_step_llm(path, dtype=torch.bfloat16, device="cpu", config=None, operations=None, weight_dtype=None,
+                  mapped=False):
     """A ready StepLLM from the official ``step_llm/`` folder, its index file or a single safetensors.
 
     dtype: compute dtype (bf16 as officially run; float32 for exact checks). weight_dtype: storage of
@@ -211,13 +214,32 @@ def load_step_llm(path, dtype=torch.bfloat16, device="cpu", config=None, operati
     a config.json beside the weights is read too. With ``operations=CastOps`` (the default whenever
     weight_dtype != dtype) the model may stay on ``device="cpu"`` and be called with inputs on a GPU:
     each layer's weights are then copied over as it runs.
+
+    A pre-quantized file (GGUF, scaled fp8) keeps what it stores and dequantizes per call (weight_dtype
+    is ignored). mapped (with device "cpu"): weights stay views of the memory-mapped files whenever no
+    conversion is needed (quantized files always, safetensors when weight_dtype equals the stored
+    dtype), so loading copies nothing; ``model.mapped_weights.release()`` then drops the pages read so
+    far (text encoding calls it after every layer, which keeps RAM at about one layer).
     """
     weights, file_config, source = step_llm_weights(path)
     cfg = detect_step_llm_config(weights, [(file_config, source), (config, "the given config")])
     weight_dtype = weight_dtype or dtype
-    operations = _operations_for(weight_dtype, dtype, operations)
+    quantized = is_quantized(weights)
+    stored = {info.dtype for info in weights.info.values()}
+    mapped = mapped and torch.device(device).type == "cpu" and (quantized or stored == {weight_dtype})
+    if quantized:
+        operations = operations or CastOps
+    else:
+        operations = _operations_for(weight_dtype, dtype, operations)
+    if mapped:
+        weights = mapped_view(weights)
     model = build_on_meta(lambda: StepLLM(cfg, operations=operations))
-    return load_into(model, weights, STEP_LLM, weight_dtype, dtype, device)
+    model = load_into(model, weights, STEP_LLM, None if quantized or mapped else weight_dtype,
+                      None if quantized or mapped else dtype, device)
+    model.mapped_weights = weights if mapped else None
+    if quantized or mapped:
+        model.activation_dtype = dtype
+    return model
 
 
 def locate_step_tokenizer(path):
@@ -227,7 +249,7 @@ def locate_step_tokenizer(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         candidates = [os.path.join(path, STEP_TOKENIZER_FILE)]
-    elif _is_single_safetensors(path):
+    elif _is_single_file(path):
         if EMBEDDED_FILES[STEP_TOKENIZER_FILE] in open_weights(path):
             return path
         folder, stem = os.path.dirname(path), os.path.basename(path).split(".")[0]
@@ -239,7 +261,7 @@ def locate_step_tokenizer(path):
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
-    embedded = f"a '{EMBEDDED_FILES[STEP_TOKENIZER_FILE]}' tensor in {path}, " if _is_single_safetensors(path) else ""
+    embedded = f"a '{EMBEDDED_FILES[STEP_TOKENIZER_FILE]}' tensor in {path}, " if _is_single_file(path) else ""
     raise CheckpointError(f"no Step-LLM tokenizer found for {path}: looked for {embedded}"
                           + ", ".join(candidates) + ". It is the official step_llm/step1_chat_tokenizer.model.")
 
@@ -248,7 +270,7 @@ def load_step_tokenizer(path) -> StepTokenizer:
     """The Step-LLM tokenizer from a .model file, the step_llm/ folder, or a weight file (see
     :func:`locate_step_tokenizer`)."""
     found = locate_step_tokenizer(path)
-    if found.endswith(".safetensors"):
+    if _is_single_file(found) and not found.endswith(".model"):
         return StepTokenizer(embedded_file(open_weights(found), STEP_TOKENIZER_FILE), f"{found} (embedded tokenizer)")
     return StepTokenizer(_read_bytes(found), found)
 
@@ -324,7 +346,7 @@ def locate_clip_tokenizer(path):
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     candidates = [folder, os.path.join(folder, CLIP_TOKENIZER_DIR),
                   os.path.join(os.path.dirname(folder), CLIP_TOKENIZER_DIR)]
-    if _is_single_safetensors(path):
+    if _is_single_file(path):
         if EMBEDDED_FILES["vocab.txt"] in open_weights(path):
             return path
         stem = os.path.basename(path).split(".")[0]
@@ -332,7 +354,7 @@ def locate_clip_tokenizer(path):
     for candidate in candidates:
         if os.path.isfile(os.path.join(candidate, "vocab.txt")):
             return candidate
-    embedded = f"a '{EMBEDDED_FILES['vocab.txt']}' tensor in {path}, " if _is_single_safetensors(path) else ""
+    embedded = f"a '{EMBEDDED_FILES['vocab.txt']}' tensor in {path}, " if _is_single_file(path) else ""
     raise CheckpointError(f"no HunyuanCLIP tokenizer found for {path}: looked for {embedded}vocab.txt in "
                           + ", ".join(dict.fromkeys(candidates))
                           + ". It is the official hunyuan_clip/tokenizer/ folder.")

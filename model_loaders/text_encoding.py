@@ -85,7 +85,10 @@ class StepVideoTextEncoder:
             max lengths, dtypes and the identity (paths, sizes, modification times) of the encoder and
             tokenizer files — not by the device, whose rounding differences are ignored.
         device: where the encoders run ("cpu", "cuda", torch.device).
-        offload: keep the weights in CPU RAM and copy each layer to ``device`` as it runs (low VRAM).
+        offload: keep the weights in CPU memory and copy each layer to ``device`` as it runs (low VRAM).
+            Step-LLM weights that need no conversion (a pre-quantized file, or bf16 kept bf16) stay
+            memory-mapped and each layer's pages are dropped after it runs, so RAM stays at about one
+            layer too.
         llm_dtype / llm_weight_dtype: Step-LLM compute dtype (bf16, official) and matmul weight storage
             (default llm_dtype; torch.float8_e4m3fn halves its memory). clip_dtype: HunyuanCLIP compute
             dtype (fp32, official); its output is cast to llm_dtype.
@@ -184,12 +187,12 @@ class StepVideoTextEncoder:
         if self.step_llm is None:
             self.step_llm = load_step_llm(self.step_llm_path, dtype=self.llm_dtype, device=self.weights_device,
                                           config=self.llm_config, operations=self.operations,
-                                          weight_dtype=self.llm_weight_dtype)
+                                          weight_dtype=self.llm_weight_dtype, mapped=True)
         ids, mask = self.step_tokenizer(prompts, max_length=self.llm_max_length)
         _check_vocabulary(ids, self.step_llm.config.vocab_size, self.step_tokenizer, self.step_llm_path)
         layers = self.step_llm.transformer.layers
-        with layer_progress(layers, on_progress, 0, len(layers) + 1):  # + 1: CLIP, counted once known
-            return self.step_llm(ids.to(self.device)).cpu(), mask
+        with layer_progress(layers, on_progress, 0, len(layers) + 1), release_after_layers(self.step_llm):
+            return self.step_llm(ids.to(self.device)).cpu(), mask  # + 1 above: CLIP, counted once known
 
     @torch.no_grad()
     def _run_clip(self, prompts, on_progress=None, done=0):
@@ -211,6 +214,20 @@ def layer_progress(layers, on_progress, done, total):
     handles = [] if on_progress is None else [
         layer.register_forward_hook(lambda module, args, output, i=i: on_progress(done + i + 1, total))
         for i, layer in enumerate(layers)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def release_after_layers(model):
+    """With a memory-mapped model (``model.mapped_weights``), drop the file pages each layer read once it
+    has run, so RAM holds about one layer of weights, whatever the model size."""
+    mapped = getattr(model, "mapped_weights", None)
+    handles = [] if mapped is None else [
+        layer.register_forward_hook(lambda *_: mapped.release()) for layer in model.transformer.layers]
     try:
         yield
     finally:

@@ -5,7 +5,9 @@
 * a folder holding ``*.safetensors.index.json`` + shards (official ``transformer/``, ``step_llm/``),
 * a folder holding exactly one ``.safetensors`` or one ``pytorch_model.bin``,
 * an ``*.index.json`` file, a single ``.safetensors`` file, or a pickled ``.bin``/``.pt``/``.pth``
-  file (read with ``torch.load(weights_only=True, mmap=True)``).
+  file (read with ``torch.load(weights_only=True, mmap=True)``),
+* a pre-quantized single file, recognised by its content: GGUF, or scaled-fp8 safetensors
+  (see quantized_files.py; their quantized weights load as PackedWeight).
 
 It returns a :class:`WeightFiles`: key -> shape/dtype without reading data, and ``load(key)`` reads
 one tensor. Safetensors headers are checked against the file size up front, so a truncated
@@ -182,6 +184,13 @@ def _read_pickle(path):
     return info, state
 
 
+def _single_safetensors(path):
+    """One .safetensors file; a scaled-fp8 one (model_loaders/quantized_files.py) comes back memory-mapped."""
+    from .quantized_files import scaled_fp8_view
+
+    return scaled_fp8_view(WeightFiles(path, read_safetensors_header(path)))
+
+
 def open_weights(path) -> WeightFiles:
     """Open a weight file or folder (see module docstring); CheckpointError names anything wrong."""
     path = os.fspath(path)
@@ -197,7 +206,7 @@ def open_weights(path) -> WeightFiles:
         if len(indexes) > 1:
             raise CheckpointError(f"{path} holds several shard indexes ({examples(indexes)}); keep one model per folder.")
         if len(singles) == 1:
-            return WeightFiles(path, read_safetensors_header(os.path.join(path, singles[0])))
+            return _single_safetensors(os.path.join(path, singles[0]))
         if len(singles) > 1:
             raise CheckpointError(f"{path} holds {len(singles)} .safetensors files ({examples(singles)}) but no "
                                   "*.safetensors.index.json saying how they fit together.")
@@ -206,10 +215,14 @@ def open_weights(path) -> WeightFiles:
             return WeightFiles(path, info, state)
         raise CheckpointError(f"{path} holds no weight files (expected *.safetensors, a shard index or "
                               f"pytorch_model.bin); it contains: {examples(names) or 'nothing'}.")
+    from .quantized_files import is_gguf, open_gguf  # (imports this module)
+
+    if is_gguf(path):
+        return open_gguf(path)
     if path.endswith(".index.json"):
         return WeightFiles(path, _read_index(path))
     if path.endswith(".safetensors"):
-        return WeightFiles(path, read_safetensors_header(path))
+        return _single_safetensors(path)
     if path.endswith(PICKLE_SUFFIXES):
         info, state = _read_pickle(path)
         return WeightFiles(path, info, state)

@@ -8,12 +8,16 @@ cast or stream their weights for low-VRAM runs.
 
 ``CastOps`` is our own variant for weights stored in a different dtype than the activations
 (fp8 or bf16 storage with bf16/fp32 compute): each call casts the weight to the input's dtype and
-device, so only one layer at a time exists in the compute dtype.
+device, so only one layer at a time exists in the compute dtype. Its Linear also runs quantized
+weights from pre-quantized files (``supports_packed_weights``): they are dequantized per call
+(networks/quant_formats.py), so only one layer at a time exists dequantized.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .quant_formats import layer_weight
 
 DEFAULT_OPERATIONS = nn
 
@@ -29,8 +33,10 @@ class CastOps:
     """torch.nn layers whose weights are cast to the activation dtype at call time."""
 
     class Linear(nn.Linear):
+        supports_packed_weights = True
+
         def forward(self, x):
-            return F.linear(x, cast_to(self.weight, x), cast_to(self.bias, x))
+            return F.linear(x, layer_weight(self, x), cast_to(self.bias, x))
 
     class Conv2d(nn.Conv2d):
         def forward(self, x):
@@ -50,6 +56,7 @@ class CastOps:
 
     class Embedding(nn.Embedding):
         def forward(self, ids, out_dtype=None):
-            weight = self.weight if out_dtype is None else self.weight.to(out_dtype)
-            return F.embedding(ids, weight.to(ids.device))
+            """Rows looked up where the table is (only they travel to ``ids``' device), then cast."""
+            rows = F.embedding(ids.to(self.weight.device), self.weight).to(ids.device)
+            return rows if out_dtype is None else rows.to(out_dtype)
 

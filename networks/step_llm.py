@@ -116,7 +116,9 @@ class StepLLMBlock(nn.Module):
 class StepLLM(nn.Module):
     """Step-LLM text encoder: ``forward(input_ids (B, L) int64) -> hidden states (B, L, hidden_size)``.
 
-    The output dtype is the embedding table's dtype (the compute dtype the model was loaded in).
+    The activations (and the output) take ``activation_dtype`` when set (loaders set it when the weights
+    stay in their stored dtypes, e.g. a quantized file), else the embedding table's dtype (the compute
+    dtype the model was loaded in).
     """
 
     def __init__(self, config: StepLLMConfig, operations=DEFAULT_OPERATIONS, device=None, dtype=None):
@@ -131,10 +133,13 @@ class StepLLM(nn.Module):
         self.transformer = nn.Module()
         self.transformer.layers = nn.ModuleList(
             [StepLLMBlock(config, operations, device, dtype) for _ in range(config.num_layers)])
+        self.activation_dtype = None
 
     def forward(self, input_ids):
         """input_ids (B, L): rows [BOS=1, ids..., EOS=2, PAD=2...]. Returns (B, L, D) for every position."""
         x = self.tok_embeddings.word_embeddings(input_ids)
+        if self.activation_dtype is not None:
+            x = x.to(self.activation_dtype)
         bias = sqrt_alibi_bias(self.config.num_heads, input_ids.shape[1], device=x.device)
         for block in self.transformer.layers:
             x = block(x, bias)

@@ -26,7 +26,8 @@ class StepVideoDiTLoader:
     DESCRIPTION = ("Loads the Step-Video DiT (T2V, TI2V or Turbo) as a standard MODEL: KSampler, "
                    "SamplerCustomAdvanced, ModelSamplingSD3 and ComfyUI's automatic offloading work with it. "
                    "Lists official download folders in models/stepvideo/ (their transformer/) and single files "
-                   "in models/diffusion_models/.")
+                   "in models/diffusion_models/ and models/unet/, pre-quantized ones (GGUF Q8_0/Q6_K/Q5_K/Q4_K, "
+                   "scaled fp8) included: those are memory-mapped and dequantized layer by layer.")
     CATEGORY = CATEGORY + "/loaders"
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load"
@@ -35,10 +36,12 @@ class StepVideoDiTLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": (model_choices("transformer", "diffusion_models"),
-                           {"tooltip": "An official download folder (uses its transformer/) or a single-file DiT."}),
+                           {"tooltip": "An official download folder (uses its transformer/) or a single-file DiT "
+                                       "(.safetensors, or a pre-quantized .gguf / scaled-fp8 file)."}),
             "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default (bf16)",
                              "tooltip": "Storage of the matmul weights. fp8 halves memory (30 GB instead of 60 GB) "
-                                        "and computes in bf16."}),
+                                        "and computes in bf16. Ignored for pre-quantized files (they keep their "
+                                        "format; compute bf16 on GPU, fp32 on CPU)."}),
             "attention": (list(BACKENDS), {"default": HOST,
                           "tooltip": "comfy = ComfyUI's own attention (its --use-sage-attention / "
                                      "--use-flash-attention / --use-pytorch-cross-attention flags and other nodes' "

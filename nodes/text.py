@@ -42,17 +42,20 @@ class StepVideoTextEncoderLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "step_llm": (model_choices("step_llm", "text_encoders"),
-                         {"tooltip": "Official folder (its step_llm/) or a single-file Step-LLM."}),
+                         {"tooltip": "Official folder (its step_llm/) or a single-file Step-LLM (.safetensors, or a "
+                                     "pre-quantized .gguf / scaled-fp8 file from scripts/quantize_stepvideo.py)."}),
             "hunyuan_clip": (model_choices("hunyuan_clip", "text_encoders"),
                              {"tooltip": "Official folder (its hunyuan_clip/) or a single-file HunyuanCLIP."}),
             "device": (list(DEVICES), {"default": "default",
                        "tooltip": "Where the encoders run. default = ComfyUI's text-encoder device; cpu works "
                                   "everywhere (slow for the 20B Step-LLM); gpu = the main GPU."}),
             "offload": ("BOOLEAN", {"default": True,
-                        "tooltip": "Keep weights in CPU RAM and stream each layer to the GPU as it runs (needs "
-                                   "~40 GB RAM for bf16, ~20 GB for fp8, little VRAM)."}),
+                        "tooltip": "Keep weights in CPU memory and stream each layer to the GPU as it runs (little "
+                                   "VRAM). bf16 or pre-quantized weights stay memory-mapped, about one layer in RAM "
+                                   "at a time; fp8 converted here needs ~20 GB RAM."}),
             "llm_weight_dtype": (list(LLM_WEIGHT_DTYPES), {"default": "bf16",
-                                 "tooltip": "fp8 halves the Step-LLM's memory; computes in bf16."}),
+                                 "tooltip": "fp8 halves the Step-LLM's memory; computes in bf16. Ignored for "
+                                            "pre-quantized files."}),
             "cache": ("BOOLEAN", {"default": True,
                       "tooltip": "Disk cache of embeddings (ComfyUI/user/stepvideo/embeddings): a repeated prompt "
                                  "never loads the encoders."}),

@@ -32,11 +32,13 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "scripts"))
 from comfy_host import ARTIFACTS, ComfyHost, HostError
+from quantized_setup import quantized_models  # noqa: F401  (setup fixture, see above)
 from stepvideo_setup import embedded_models, stepvideo_inputs, stepvideo_models  # noqa: F401  (setup fixtures)
 
 # Session fixtures that must run before the server starts (e.g. ones writing tiny checkpoints into
 # host_models_dir). Order is kept. Each may depend on host_models_dir / host_input_dir / comfy_host_unstarted.
-HOST_SETUP_FIXTURES = ["smoke_model_file", "stepvideo_models", "stepvideo_inputs", "embedded_models"]
+HOST_SETUP_FIXTURES = ["smoke_model_file", "stepvideo_models", "stepvideo_inputs", "embedded_models",
+                       "quantized_models"]
 # Server flags: live previews on (the host's default is none), as users run it to watch a generation.
 SERVER_ARGS = ["--preview-method", "auto"]
 
