@@ -109,7 +109,7 @@ def forward(patcher):
     context = torch.randn(1, 8, cfg.caption_channels[0], generator=gen)
     clip = torch.randn(1, 5, cfg.caption_channels[1], generator=gen)
     with torch.no_grad():
-        return dit(x, torch.tensor([700.0]), context, clip, torch.ones(1, 13))
+        return dit(x, torch.tensor([700.0]), context=context, pooled_output=clip, llm_mask=torch.ones(1, 8))
 
 reference = forward(load_stepvideo_model(merged, weight_dtype="fp32"))
 patched, _ = comfy.sd.load_lora_for_models(load_stepvideo_model(base), None, comfy.utils.load_torch_file(lora_path),
