@@ -9,7 +9,7 @@ storage (random packed blocks with small fp16 scales: real layouts and sizes, me
 nothing needs quantizing or downloading), the process is capped with
 torch.cuda.set_per_process_memory_fraction, and as many blocks stay on the GPU as fit next to the
 activations (token chunks of 8192, one sample per forward = sequential CFG); the rest are swapped in
-per block from pinned CPU memory (networks/block_swap.py, what the host's partial loading does).
+per block from pinned CPU memory (benchmarks/block_swap.py, a stand-in for what the host's partial loading does).
 One forward per size is timed after a warm-up forward at the smallest size; a CFG step is two such
 forwards. Then the released-width Video-VAE (random weights) decodes one 17-frame chunk of each size
 with tiling "auto" under the same cap. Prints one line per measurement and a summary table.
@@ -37,7 +37,7 @@ from stepvideo_pack.model_loaders.materialize import build_on_meta  # noqa: E402
 from stepvideo_pack.model_loaders.memory import GIB, dit_activation_bytes  # noqa: E402
 from stepvideo_pack.model_loaders.quantize import storage_for  # noqa: E402
 from stepvideo_pack.networks import attention as attention_module  # noqa: E402
-from stepvideo_pack.networks.block_swap import BlockSwap  # noqa: E402
+from block_swap import BlockSwap  # noqa: E402
 from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
 from stepvideo_pack.networks.ops import CastOps  # noqa: E402
 from stepvideo_pack.networks.quant_formats import FORMATS  # noqa: E402

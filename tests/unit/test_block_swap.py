@@ -1,4 +1,5 @@
-"""Block swap: swapped blocks run on a device copy of their weights and keep their home copy between uses.
+"""Block swap (benchmarks/block_swap.py, the GPU benchmark's stand-in for the host's partial loading):
+swapped blocks run on a device copy of their weights and keep their home copy between uses.
 
 This machine has no GPU, so the "device copy" is a clone on the CPU; the hooks' choreography (copy
 in before the block, run on the copy, restore the home tensors after) is what is checked.
@@ -6,7 +7,7 @@ in before the block, run on the copy, restore the home tensors after) is what is
 
 import torch
 
-from stepvideo_pack.networks.block_swap import BlockSwap
+from block_swap import BlockSwap
 from test_dit import dit_inputs
 from tiny_checkpoints import TINY_DIT, tiny_dit
 

@@ -1,7 +1,8 @@
-"""Block swapping for runs outside ComfyUI's model management (scripts, benchmarks, other hosts).
+"""Block swapping for benchmarks/gpu_check.py, which runs the DiT outside ComfyUI's model management.
 
-Inside ComfyUI the host streams weights itself (our layers come from its ``operations``). Outside
-it, ``BlockSwap(model.transformer_blocks, device, resident=N)`` keeps the first N blocks on the
+Not part of the node pack: inside ComfyUI the host's partial loading streams weights itself.
+
+``BlockSwap(model.transformer_blocks, device, resident=N)`` keeps the first N blocks on the
 compute device and the rest in CPU memory (pinned when the device is CUDA): each swapped block is
 copied to the device just before it runs and dropped right after, so at most N + 1 blocks occupy
 device memory. With ``prefetch`` the next block's copy starts on a side stream while the current one
