@@ -28,7 +28,7 @@ import comfy.supported_models_base
 import comfy.utils
 
 from ..networks.attention import register_host_attention, resolve_backend
-from ..networks.dit import StepVideoDiT
+from ..networks.dit import DEFAULT_MOTION_SCORE, StepVideoDiT
 from ..samplers.flow_schedule import DEFAULT_SHIFT, comfy_velocity, timestep_from_sigma
 from ..samplers.video_geometry import FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, SPATIAL, to_comfy, to_official
 from .comfy_quantized import QuantizedModelPatcher, QuantizedOps
@@ -48,7 +48,6 @@ WEIGHT_DTYPES = {
     "fp8_e4m3fn": torch.float8_e4m3fn,
     "fp8_e5m2": torch.float8_e5m2,
 }
-DEFAULT_MOTION_SCORE = 5.0
 CHUNK_OPTION = "stepvideo_chunk_tokens"  # transformer_options key set by the memory-options node
 # The host's model-patcher class: newer hosts name the one their memory manager wants (e.g. a dynamic-VRAM
 # patcher) CoreModelPatcher; older ones have only ModelPatcher.

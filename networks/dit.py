@@ -22,6 +22,7 @@ from .ops import DEFAULT_OPERATIONS, cast_to
 from .rope3d import apply_rope, rope_grid, rope_tables
 
 TIMESTEP_SCALE = 1000.0
+DEFAULT_MOTION_SCORE = 5.0  # the official TI2V default (image-to-video strength of motion)
 SINUSOID_CHANNELS = 256
 
 
@@ -267,7 +268,7 @@ class StepVideoDiT(nn.Module):
         return context, valid[:, None, None, :]
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_2=None,
-                encoder_attention_mask=None, condition_hidden_states=None, motion_score=5.0, chunk_tokens=None,
+                encoder_attention_mask=None, condition_hidden_states=None, motion_score=DEFAULT_MOTION_SCORE, chunk_tokens=None,
                 transformer_options=None):
         """Velocity prediction.
 

@@ -14,6 +14,7 @@ import comfy.model_management
 import node_helpers
 
 from ..media.frames import cover_and_crop
+from ..networks.dit import DEFAULT_MOTION_SCORE
 from ..samplers import modes
 from ..samplers.flow_schedule import DEFAULT_SHIFT
 from ..samplers.video_geometry import FRAMES_PER_CHUNK, snap_frames, snap_size
@@ -62,7 +63,7 @@ class StepVideoImageToVideo:
             "height": ("INT", {"default": 544, "min": 16, "max": 4096, "step": 16}),
             "frames": ("INT", {"default": 102, "min": 17, "max": 17 * 60,
                                "tooltip": "Pixel frames, snapped down to a multiple of 17 (TI2V official: 102)."}),
-            "motion_score": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 50.0, "step": 0.5,
+            "motion_score": ("FLOAT", {"default": DEFAULT_MOTION_SCORE, "min": 0.0, "max": 50.0, "step": 0.5,
                                        "tooltip": "TI2V only: how much the scene moves. 2 = steadier, 5 = default, "
                                                   "10-20 = more motion. Ignored by T2V weights."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 16}),

@@ -20,6 +20,11 @@ def shifted(s, shift):
     return shift * s / (1 + (shift - 1) * s)
 
 
+def unshifted(sigma, shift):
+    """The inverse of ``shifted``: the unshifted time s whose shifted noise level equals ``sigma``."""
+    return sigma / (shift - (shift - 1) * sigma)
+
+
 def official_timesteps(steps, shift=DEFAULT_SHIFT):
     """The official scheduler's (timesteps (N,), sigmas (N+1,)): increasing from 0 (noise) to 1 (data)."""
     if steps < 1:

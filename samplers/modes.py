@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .flow_schedule import DEFAULT_SHIFT
+from .flow_schedule import DEFAULT_SHIFT, unshifted
 from .video_geometry import LATENTS_PER_CHUNK
 
 FORWARD, BACKWARD = "forward", "backward"
@@ -175,13 +175,8 @@ def chain_windows(plan, sample, first_window, overlap_chunks, start=None, on_win
     return current
 
 
-def inverse_shift(sigma, shift=DEFAULT_SHIFT):
-    """The unshifted time s whose shifted noise level shift*s/(1+(shift-1)s) equals ``sigma``."""
-    return sigma / (shift - (shift - 1) * sigma)
-
-
 def sdedit_denoise(strength, shift=DEFAULT_SHIFT):
     """Sampler ``denoise`` that starts at noise level sigma = ``strength`` (0 = keep input, 1 = ignore it)."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
-    return inverse_shift(float(strength), shift)
+    return unshifted(float(strength), shift)
