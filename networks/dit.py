@@ -268,8 +268,8 @@ class StepVideoDiT(nn.Module):
         return context, valid[:, None, None, :]
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_2=None,
-                encoder_attention_mask=None, condition_hidden_states=None, motion_score=DEFAULT_MOTION_SCORE, chunk_tokens=None,
-                transformer_options=None):
+                encoder_attention_mask=None, condition_hidden_states=None, motion_score=DEFAULT_MOTION_SCORE,
+                chunk_tokens=None, transformer_options=None):
         """Velocity prediction.
 
         hidden_states (B, F, C, H, W) noisy latents (their dtype is the compute dtype);
