@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """Core ComfyUI model patches on the embedded small model, measured through the nodes' own sampling path.
 
-    python benchmarks/core_nodes.py [--steps 20,50] [--size 128,256] [--thresholds 0.05,0.2] [--compile]
+    python benchmarks/core_nodes.py [--steps 20,50] [--size 128,256] [--thresholds 0.05,0.2] [--repeats 5] [--compile]
 
 On the real default host imported in this process (scripts/host_runtime.py), the embedded model samples
 "a red circle moves to the right" (seed 3, CFG 3, shift 5, 17 frames) once plain and once per step cache
 (the host's EasyCache and LazyCache node functions, start 0.15, end 0.95) and threshold. Reported per run:
 DiT forward calls (each is one batched cond + uncond pass, so calls skipped = steps skipped), the wall
-time of sampling (the decode is left out: it is the same for every run), and the PSNR of the decoded clip against the plain run's. ``--compile`` also times the host's
+time of sampling (median of --repeats runs; the decode is left out: it is the same for every run), and the PSNR of the decoded clip against the plain run's. ``--compile`` also times the host's
 TorchCompileModel wrapper (inductor): the first run (compiling) and a second one, against eager.
 """
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -34,6 +35,7 @@ def main():
     parser.add_argument("--steps", default="20,50")
     parser.add_argument("--size", default="128,256")
     parser.add_argument("--thresholds", default="0.05,0.2")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per setting (median reported)")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     model = behaviour_metrics.TinyModel()
@@ -42,25 +44,29 @@ def main():
     model.dit._forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
     positive, negative = model.conditioning(PROMPT)
 
-    def run(patcher, steps, side):
+    def run(patcher, steps, side, repeats=1):
+        """(decoded clip, DiT passes, median sampling seconds over ``repeats`` runs; the decode is left
+        out of the time: it costs the same in every run)."""
         latent = {"samples": torch.zeros(1, model.channels, 3, side // 16, side // 16)}
-        calls.clear()
-        start = time.perf_counter()
-        out = run_official_sampler(patcher, positive, negative, latent, 3, steps, behaviour_metrics.CFG,
-                                   behaviour_metrics.SHIFT, 1.0, callback=lambda *a: None)["samples"]
-        seconds = time.perf_counter() - start  # sampling only: the decode below costs the same in every run
-        return model.decode(out), len(calls), seconds
+        times = []
+        for _ in range(repeats):
+            calls.clear()
+            start = time.perf_counter()
+            out = run_official_sampler(patcher, positive, negative, latent, 3, steps, behaviour_metrics.CFG,
+                                       behaviour_metrics.SHIFT, 1.0, callback=lambda *a: None)["samples"]
+            times.append(time.perf_counter() - start)
+        return model.decode(out), len(calls), statistics.median(times)
 
     print("| size | steps | patch | threshold | DiT passes | steps skipped | time s | time vs plain | PSNR dB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for side in map(int, args.size.split(",")):
         for steps in map(int, args.steps.split(",")):
-            plain, passes, seconds = run(model.model, steps, side)
+            plain, passes, seconds = run(model.model, steps, side, args.repeats)
             print(f"| {side} | {steps} | none | - | {passes} | 0 | {seconds:.2f} | 1.00x | - |", flush=True)
             for node in (caches.EasyCacheNode, caches.LazyCacheNode):
                 for threshold in map(float, args.thresholds.split(",")):
                     patched = node.execute(model.model, threshold, 0.15, 0.95, False).args[0]
-                    frames, cached, took = run(patched, steps, side)
+                    frames, cached, took = run(patched, steps, side, args.repeats)
                     print(f"| {side} | {steps} | {node.__name__[:-4]} | {threshold} | {cached} | {passes - cached} | "
                           f"{took:.2f} | {took / seconds:.2f}x | {behaviour_metrics.psnr(frames, plain):.1f} |",
                           flush=True)
