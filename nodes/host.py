@@ -6,6 +6,7 @@ import os
 import torch
 from safetensors.torch import save_file
 
+import comfy.cli_args
 import comfy.model_management
 import comfy.utils
 import folder_paths
@@ -75,6 +76,19 @@ class Progress:
         self.bar.update_absolute(done, total or self.total, preview)
 
 
+def save_metadata(prompt, extra_pnginfo):
+    """{tag: JSON text} saved with every output file, like the host's savers: the prompt (API format) and
+    every extra_pnginfo entry (the UI workflow); nothing when ComfyUI runs with --disable-metadata."""
+    if getattr(comfy.cli_args.args, "disable_metadata", False):
+        return {}
+    tags = {}
+    if prompt is not None:
+        tags["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        tags[key] = json.dumps(value)
+    return tags
+
+
 class LatentCheckpoint:
     """Saves a LATENT tensor as output/StepVideo/<name>_NNNNN_.latent (ComfyUI's SaveLatent format,
     loadable with LoadLatent once moved to input/), overwriting the same file on every save."""
@@ -84,11 +98,7 @@ class LatentCheckpoint:
             f"StepVideo/{name}", folder_paths.get_output_directory())
         os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, f"{filename}_{counter:05}_.latent")
-        self.metadata = {}
-        if prompt is not None:
-            self.metadata["prompt"] = json.dumps(prompt)
-        for key, value in (extra_pnginfo or {}).items():
-            self.metadata[key] = json.dumps(value)
+        self.metadata = save_metadata(prompt, extra_pnginfo)
 
     def save(self, samples):
         tensors = {"latent_tensor": samples.detach().cpu().contiguous(), "latent_format_version_0": torch.tensor([])}

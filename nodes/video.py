@@ -1,6 +1,5 @@
 """Saving frames as an H.264 MP4 with the workflow embedded (drag it back into ComfyUI to get the graph)."""
 
-import json
 import os
 
 import torch
@@ -8,7 +7,7 @@ import torch
 import folder_paths
 
 from ..media.mp4 import read_mp4_frames, write_mp4
-from .host import CATEGORY
+from .host import CATEGORY, save_metadata
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".gif")
 
@@ -16,24 +15,6 @@ try:  # ComfyUI >= 0.3.30 has a VIDEO type
     from comfy_api.input_impl import VideoFromFile
 except ImportError:
     VideoFromFile = None
-
-try:
-    from comfy.cli_args import args as _host_args
-except ImportError:
-    _host_args = None
-
-
-def _metadata(prompt, extra_pnginfo):
-    """The prompt (API format) and every extra_pnginfo entry (the UI workflow) as JSON tags, like the host's savers."""
-    if _host_args is not None and getattr(_host_args, "disable_metadata", False):
-        return {}
-    tags = {}
-    if prompt is not None:
-        tags["prompt"] = json.dumps(prompt)
-    for key, value in (extra_pnginfo or {}).items():
-        tags[key] = json.dumps(value)
-    return tags
-
 
 class StepVideoSaveVideo:
     DISPLAY_NAME = "StepVideo Save Video (MP4)"
@@ -66,7 +47,7 @@ class StepVideoSaveVideo:
             filename_prefix, folder_paths.get_output_directory(), width, height)
         filename = f"{name}_{counter:05}_.mp4"
         path = os.path.join(folder, filename)
-        write_mp4(path, images, fps=fps, crf=crf, metadata=_metadata(prompt, extra_pnginfo))
+        write_mp4(path, images, fps=fps, crf=crf, metadata=save_metadata(prompt, extra_pnginfo))
         ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
         result = (VideoFromFile(path),) if VideoFromFile is not None else ()
         return {"ui": ui, "result": result}
