@@ -268,8 +268,9 @@ def blend_seam(last_frame, first_frame):
     last_frame.copy_(last_frame * SEAM_KEEP + first_frame * mix)
 
 
-class Progress:
-    """Counts finished work units and reports ``on_progress(done, total)`` after each (it may raise)."""
+class WorkCounter:
+    """Counts finished work units (chunks x tiles) and calls ``on_progress(done, total)`` after each; the
+    callback may raise (the nodes pass a host progress bar that checks for interruption)."""
 
     def __init__(self, total, on_progress):
         self.done, self.total, self.on_progress = 0, total, on_progress
@@ -316,7 +317,7 @@ class VideoVAE(nn.Module):
         spans = chunk_spans(frames, self.config.frame_len)
         tiles = plan_tiles(height // factor, width // factor,
                            resolve_tile_px(tile_px, "encode", self, height, width), overlap_px, factor)
-        progress = Progress(len(spans) * len(tiles), on_progress)
+        progress = WorkCounter(len(spans) * len(tiles), on_progress)
         out_channels = self.encoder.conv_out.conv.out_channels
         moments = torch.empty(
             (batch, self.config.encoded_frames(frames), out_channels, height // factor, width // factor),
@@ -368,7 +369,7 @@ class VideoVAE(nn.Module):
         spans = chunk_spans(frames, self.config.latent_len)
         tiles = plan_tiles(height, width, resolve_tile_px(tile_px, "decode", self, height * factor, width * factor),
                            overlap_px, factor)
-        progress = Progress(len(spans) * len(tiles), on_progress)
+        progress = WorkCounter(len(spans) * len(tiles), on_progress)
         shape = (batch, self.config.decoded_frames(frames), RGB, height * factor, width * factor)
         if out is None:
             out = torch.empty(shape, dtype=self.dtype, device=output_device or latent.device)
