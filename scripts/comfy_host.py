@@ -23,6 +23,8 @@ CLI:
     python scripts/comfy_host.py check                   start, list the pack's nodes (fails without any), stop
     python scripts/comfy_host.py run PROMPT.json [--out DIR] [--timeout S]
                                                           queue an API-format workflow, save its outputs
+The CLI's server offers the embedded small model (weights/stepvideo-tiny) as models/stepvideo/stepvideo-tiny,
+so workflows/api/text_to_video_embedded.json runs out of the box (--no-embedded-model: do not link it).
 
 Which ComfyUI: --comfyui PATH, else $COMFYUI_PATH, else .host/ComfyUI (made by scripts/bootstrap.sh).
 Which Python: --python, else $COMFY_HOST_PYTHON, else .venv/bin/python, else this interpreter.
@@ -52,6 +54,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_FOLDER_NAME = "ComfyUI-StepVideo"
 DEFAULT_HOST_DIR = os.path.join(REPO, ".host", "ComfyUI")
 ARTIFACTS = os.path.join(REPO, "artifacts")
+EMBEDDED_MODEL_DIR = os.path.join(REPO, "weights", "stepvideo-tiny")
+EMBEDDED_MODEL_NAME = "stepvideo-tiny"  # its folder name under models/stepvideo/ (workflow_specs.EMBEDDED)
 
 
 class HostError(RuntimeError):
@@ -388,6 +392,17 @@ class ComfyHost:
             with open(settings_path, "w", encoding="utf-8") as f:
                 json.dump(current, f, indent=1)
 
+    def offer_embedded_model(self):
+        """Link weights/stepvideo-tiny into models/stepvideo/stepvideo-tiny (as a user drops an official
+        download there), unless that name is taken already. Returns the folder's path."""
+        if not os.path.isdir(os.path.join(EMBEDDED_MODEL_DIR, "transformer")):
+            raise HostError(f"the embedded weights are missing: {EMBEDDED_MODEL_DIR}")
+        link = os.path.join(self.models_dir, "stepvideo", EMBEDDED_MODEL_NAME)
+        if not os.path.lexists(link):
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink(EMBEDDED_MODEL_DIR, link, target_is_directory=True)
+        return link
+
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}"
@@ -533,6 +548,8 @@ def _cli():
     parser.add_argument("--log", help="server log file")
     parser.add_argument("--gpu", action="store_true", help="do not pass --cpu")
     parser.add_argument("--all-custom-nodes", action="store_true", help="load every pack in custom_nodes/")
+    parser.add_argument("--no-embedded-model", action="store_true",
+                        help=f"do not offer weights/stepvideo-tiny as models/stepvideo/{EMBEDDED_MODEL_NAME}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser("serve", help="run until Ctrl-C")
     serve.add_argument("--port", type=int)
@@ -545,6 +562,8 @@ def _cli():
 
     host = ComfyHost(comfyui_path=args.comfyui, python=args.python, base_dir=args.base_dir, log_path=args.log,
                      port=getattr(args, "port", None), cpu=not args.gpu, only_this_pack=not args.all_custom_nodes)
+    if not args.no_embedded_model:
+        print("offering the embedded model as", host.offer_embedded_model(), flush=True)
     print(f"starting ComfyUI from {host.comfyui_path}; log {host.log_path}", flush=True)
     with host:
         print(f"ready in {host.startup_seconds:.1f} s at {host.url} (base dir {host.base_dir})", flush=True)

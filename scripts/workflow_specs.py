@@ -1,13 +1,16 @@
 """The example workflows shipped in workflows/ (UI format) and workflows/api/ (API format).
 
 Model names are the folder names the README asks users to use under ComfyUI/models/stepvideo/:
-``stepvideo-t2v``, ``stepvideo-t2v-turbo`` and ``stepvideo-ti2v`` (official downloads dropped in as is).
+``stepvideo-t2v``, ``stepvideo-t2v-turbo`` and ``stepvideo-ti2v`` (official downloads dropped in as is),
+and ``stepvideo-tiny`` for the embedded small model (weights/stepvideo-tiny; ``scripts/comfy_host.py serve``
+offers it under that name).
 Input files are looked up in ComfyUI/input/ under the names in INPUT_FILES.
 """
 
 from workflow_graph import Graph
 
 T2V, TURBO, TI2V = "stepvideo-t2v", "stepvideo-t2v-turbo", "stepvideo-ti2v"
+EMBEDDED = "stepvideo-tiny"
 INPUT_FILES = {"image": "stepvideo_first_frame.png", "last_image": "stepvideo_last_frame.png",
                "video": "stepvideo_clip.mp4", "video_b": "stepvideo_clip_b.mp4", "latent": "stepvideo_video.latent"}
 PROMPT_EN = "A red circle moves from the left to the right over a calm blue background."
@@ -54,6 +57,24 @@ def text_to_video(name="text_to_video", model=T2V, steps=50, cfg=9.0, shift=13.0
     empty = g.add("StepVideoEmptyLatent", width=992, height=544, frames=204, batch_size=1)
     latent = _sample(g, dit, cond, empty[0], steps, cfg, shift)
     _save(g, vae, latent[0], name)
+    return g
+
+
+def text_to_video_embedded():
+    """The embedded small model at the settings it was trained for (weights/stepvideo-tiny/TRAINING.md):
+    128x128, 34 frames, 25 steps, CFG 3, shift 5, no magic suffixes, text encoders on the CPU.
+    scripts/demo.py queues this file."""
+    g = Graph("text_to_video_embedded", "Step-Video text to video (embedded small model)",
+              "weights/stepvideo-tiny at its trained settings: 128x128, 34 frames, 25 steps, CFG 3, shift 5. "
+              "It draws one coloured shape moving as the prompt says (English or Chinese).")
+    dit = g.add("StepVideoDiTLoader", model_name=EMBEDDED, shift=5.0)
+    text = g.add("StepVideoTextEncoderLoader", step_llm=EMBEDDED, hunyuan_clip=EMBEDDED, device="cpu")
+    vae = g.add("StepVideoVAELoader", vae_name=EMBEDDED)
+    cond = _encode(g, text, "a red circle moves to the right", magic="none")
+    empty = g.add("StepVideoEmptyLatent", width=128, height=128, frames=34, batch_size=1)
+    latent = g.add("StepVideoSampler", model=dit[0], positive=cond[0], negative=cond[1], latent=empty[0], seed=0,
+                   steps=25, cfg=3.0, shift=5.0, denoise=1.0)
+    _save(g, vae, latent[0], "text_to_video_embedded")
     return g
 
 
@@ -170,6 +191,7 @@ def decode_saved_latent():
 def all_graphs():
     return [
         text_to_video(),
+        text_to_video_embedded(),
         text_to_image(),
         text_to_video("text_to_video_turbo", TURBO, steps=12, cfg=5.0, shift=17.0,
                       title="Step-Video Turbo text to video", prompt=PROMPT_EN),

@@ -16,6 +16,8 @@ Fixtures (all session-scoped unless noted):
   comfy_browser      (function scope) a ComfyBrowser (tests/integration/browser.py) on a freshly
                      loaded page; one Chromium per session, reloaded for each test.
   integration_artifacts_dir   artifacts/integration/ (server log, screenshots, browser logs).
+  embedded_server    the URL of a second server started by `scripts/comfy_host.py serve`, holding only the
+                     embedded model (tests/integration/embedded_server.py); started on first use.
 
 Every test under tests/integration/ is marked `integration`; browser tests are marked `browser`.
 A failing integration test gets the tail of the server log in its report.
@@ -32,6 +34,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "scripts"))
 from comfy_host import ARTIFACTS, ComfyHost, HostError
+from embedded_server import embedded_server  # noqa: F401  (a second server: `comfy_host.py serve`)
 from quantized_setup import quantized_models  # noqa: F401  (setup fixture, see above)
 from stepvideo_setup import embedded_models, stepvideo_inputs, stepvideo_models  # noqa: F401  (setup fixtures)
 

@@ -20,7 +20,7 @@ from workflow_specs import T2V, TURBO
 
 WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
 # workflow -> frames of the saved video with the sizes of stepvideo_setup.SMALL (clips are 34 frames)
-EXPECTED_FRAMES = {"text_to_video": 17, "text_to_video_turbo": 17, "ksampler_text_to_video": 17,
+EXPECTED_FRAMES = {"text_to_video": 17, "text_to_video_embedded": 17, "text_to_video_turbo": 17, "ksampler_text_to_video": 17,
                    "image_to_video": 17, "extend_video": 34 + 17, "long_video": 68,
                    "interpolate_keyframes": 35, "bridge_clips": 34 + 17 + 34, "sdedit_video": 34,
                    "decode_saved_latent": 17}

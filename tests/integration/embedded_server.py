@@ -1,0 +1,51 @@
+"""A second real ComfyUI server, started the way the README tells users to: `scripts/comfy_host.py serve`,
+which offers only the embedded model (weights/stepvideo-tiny as models/stepvideo/stepvideo-tiny).
+
+Fixture (session scope, started only when a test asks for it):
+  embedded_server   its base URL (http://127.0.0.1:PORT); the server runs on the host under test
+                    ($COMFYUI_PATH / $COMFY_HOST_PYTHON, as the CLI reads them) and is stopped at the end.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from comfy_host import ComfyClient, HostError, free_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="session")
+def embedded_server(integration_artifacts_dir):
+    port = free_port()
+    log = os.path.join(integration_artifacts_dir, "embedded-server.log")
+    command = [sys.executable, os.path.join(REPO, "scripts", "comfy_host.py"), "--log", log,
+               "serve", "--port", str(port)]
+    with open(os.path.join(integration_artifacts_dir, "embedded-server-cli.log"), "w") as cli_log:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=cli_log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client, deadline = ComfyClient(url), time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"`comfy_host.py serve` exited with {proc.returncode}; see {log}", pytrace=False)
+            try:
+                client.system_stats(timeout=2)
+                break
+            except (OSError, HostError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"`comfy_host.py serve` not ready after 180 s; see {log}", pytrace=False)
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the CLI stops its server on SIGTERM
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
