@@ -17,7 +17,7 @@ from ..media.frames import cover_and_crop
 from ..samplers import modes
 from ..samplers.flow_schedule import DEFAULT_SHIFT
 from ..samplers.video_geometry import FRAMES_PER_CHUNK, snap_frames, snap_size
-from .host import CATEGORY, video_samples
+from .host import CATEGORY, require_finite, video_samples
 from .vae import VAE_TYPE, encode_images
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class StepVideoImageToVideo:
         }}
 
     def build(self, model, vae, positive, negative, image, width, height, frames, motion_score, batch_size):
+        require_finite("StepVideo Image To Video", motion_score=motion_score)
         width, height, chunks = snap_size(width), snap_size(height), _chunks_for(frames)
         image_latent = encode_images(vae, cover_and_crop(image[:1], width, height))  # (1, C, 1, h, w)
         image_latent = image_latent.repeat(batch_size, 1, 1, 1, 1)
@@ -197,7 +198,8 @@ class StepVideoSDEdit:
     def INPUT_TYPES(cls):
         return {"required": {
             "vae": (VAE_TYPE,),
-            "images": ("IMAGE", {"tooltip": "The clip (frames snap down to a multiple of 17) or one image."}),
+            "images": ("IMAGE", {"tooltip": "The clip (frames snap down to a multiple of 17) or one image. Sides "
+                                            "are centre-cropped to multiples of 16 (1080 -> 1072)."}),
             "strength": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.01,
                                    "tooltip": "Noise level to start from: 0 keeps the input, 1 ignores it."}),
             "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1,
@@ -205,6 +207,7 @@ class StepVideoSDEdit:
         }}
 
     def build(self, vae, images, strength, shift):
+        require_finite("StepVideo SDEdit", strength=strength, shift=shift)
         frames = snap_frames(images.shape[0])
         if frames != images.shape[0]:
             log.warning("StepVideo SDEdit: %d frames snapped down to %d (multiples of 17)", images.shape[0], frames)

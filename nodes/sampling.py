@@ -16,9 +16,18 @@ from ..samplers.flow_schedule import DEFAULT_SHIFT, partial_noise_levels
 from ..samplers.modes import chain_windows, long_video_plan
 from ..samplers.video_geometry import (FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, latent_frames, snap_frames, snap_size,
                                       snapping_note)
-from .host import CATEGORY, LatentCheckpoint, Progress, check_interrupt, video_samples
+from .host import (CATEGORY, LatentCheckpoint, Progress, check_interrupt, require_finite, require_finite_tensor,
+                   video_samples)
 
 log = logging.getLogger(__name__)
+
+
+SEED_RANGE = 1 << 64  # the host's seed widgets: 0 .. 2^64 - 1
+
+
+def window_seed(seed, index):
+    """The seed of window ``index`` of a run seeded ``seed``: seed + index, kept in the host's seed range."""
+    return (seed + index) % SEED_RANGE
 
 
 class OfficialEulerSampler(comfy.samplers.Sampler):
@@ -44,6 +53,11 @@ class OfficialEulerSampler(comfy.samplers.Sampler):
             return (x - denoised) / sigma
 
         def on_step(i, x, denoised):
+            if not bool(torch.isfinite(denoised).all()):
+                raise FloatingPointError(
+                    f"StepVideo sampling: the model's prediction at step {i + 1} of {total} (noise level "
+                    f"{float(sigmas[i]):.4f}) holds NaN or infinite values; stopped there. Check the weights "
+                    "(a damaged file, or fp16 overflow: use bf16) and the conditioning.")
             if callback is not None:
                 callback(i, denoised, x, total)
 
@@ -107,6 +121,8 @@ def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, sh
     noise: a given noise tensor of the latent's shape instead of the seeded one.
     """
     samples = comfy.sample.fix_empty_latent_channels(model, video_samples(latent, "StepVideo Sampler (latent)"))
+    require_finite("StepVideo Sampler", cfg=cfg, shift=shift, denoise=denoise, cfg_stop_sigma=cfg_stop_sigma)
+    require_finite_tensor("StepVideo Sampler (latent)", samples)
     sigmas = partial_noise_levels(steps, shift, denoise)
     if len(sigmas) == 0:
         return latent
@@ -176,6 +192,7 @@ class StepVideoScheduler:
         }}
 
     def schedule(self, steps, shift, denoise):
+        require_finite("StepVideo Scheduler", shift=shift, denoise=denoise)
         return (partial_noise_levels(steps, shift, denoise),)
 
 
@@ -229,7 +246,7 @@ class StepVideoLongVideo:
                 "overlap_chunks": ("INT", {"default": 1, "min": 1, "max": 11,
                                            "tooltip": "Known 17-frame chunks carried into each next window."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Window i uses seed + i."}),
+                                 "tooltip": "Window i uses seed + i (wrapping round past 2^64 - 1)."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 500}),
                 "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.1}),
                 "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1}),
@@ -241,6 +258,7 @@ class StepVideoLongVideo:
 
     def generate(self, model, positive, negative, width, height, total_frames, window_frames, overlap_chunks, seed,
                  steps, cfg, shift, cfg_stop_sigma=0.0, start_clip=None, prompt=None, extra_pnginfo=None):
+        require_finite("StepVideo Long Video", cfg=cfg, shift=shift, cfg_stop_sigma=cfg_stop_sigma)
         start = None if start_clip is None else video_samples(start_clip, "StepVideo Long Video (start_clip)")
         plan = long_video_plan(snap_frames(total_frames) // FRAMES_PER_CHUNK,
                                max(2, snap_frames(window_frames) // FRAMES_PER_CHUNK), overlap_chunks,
@@ -255,7 +273,7 @@ class StepVideoLongVideo:
         def sample_window(samples, mask, index):
             latent = {"samples": samples} if mask is None else {"samples": samples, "noise_mask": mask}
             on_step = lambda step, x0, x, total: bar(index * steps + step + 1)  # noqa: E731
-            sampled = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg, shift, 1.0,
+            sampled = run_official_sampler(model, positive, negative, latent, window_seed(seed, index), steps, cfg, shift, 1.0,
                                            on_step, cfg_stop_sigma)["samples"]
             return sampled.to(samples.device)
 

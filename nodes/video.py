@@ -8,7 +8,7 @@ import torch
 import folder_paths
 
 from ..media.mp4 import read_mp4_frames, write_mp4
-from .host import CATEGORY
+from .host import CATEGORY, require_finite
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".gif")
 
@@ -61,6 +61,7 @@ class StepVideoSaveVideo:
         }
 
     def save(self, images, fps, crf, filename_prefix, prompt=None, extra_pnginfo=None):
+        require_finite("StepVideo Save Video", fps=fps)
         height, width = images.shape[1], images.shape[2]
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), width, height)
