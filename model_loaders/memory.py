@@ -23,6 +23,7 @@ from ..networks.quant_formats import DEQUANTIZE_CHUNK_VALUES, FORMATS
 from .materialize import FP8_DTYPES, build_on_meta, weight_dtype_for
 from .quantize import storage_for
 
+SAMPLER_LATENT_BUFFERS = 10   # float32 latent-sized tensors alive at a sampling step's peak (see latent_bytes)
 BLOCK_PEAK_UNITS = 11.0        # L*D units at the peak of an unchunked block
 CHUNKED_BASE_UNITS = 4.0       # q, k, v and x across all tokens when chunked
 CHUNK_TEMPORARY_UNITS = 9.0    # per-token temporaries of one chunk, times chunk / L
@@ -95,22 +96,43 @@ def dit_activation_bytes(config, batch, frames, height, width, dtype=torch.bfloa
 
 
 GIB = 1024 ** 3
+LATENT_DTYPE_BYTES = 4  # latents are float32 between the nodes and in the sampling loop
+
+
+def latent_bytes(shape):
+    """Bytes of one float32 latent of ``shape`` (B, C, T, h, w)."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count * LATENT_DTYPE_BYTES
+
+
+def sampler_latent_bytes(config, batch, frames, height, width):
+    """Latent-sized buffers of a sampling step besides the DiT's activations: the start latent, the noise,
+    x, CFG's batched input and its two outputs, the combined denoised estimate, the velocity and the
+    update's temporaries (SAMPLER_LATENT_BUFFERS float32 latents in all; benchmarks/input_checks.py
+    measures them)."""
+    return SAMPLER_LATENT_BUFFERS * latent_bytes((batch, config.in_channels, frames, height, width))
+
 
 
 def run_estimate(config, batch, frames, height, width, weight_dtype=torch.bfloat16, compute_dtype=torch.bfloat16,
                  cfg_passes=2, cfg_batched=True, chunk_tokens=None):
     """Peak-memory estimate of sampling one latent (frames x height x width, latent units).
 
-    Returns {"weights", "activations", "peak", "tokens"} in bytes (tokens: per sample). ``cfg_passes``
-    is 2 with classifier-free guidance (1 without); batched CFG runs both passes as one batch.
-    ``peak`` assumes every weight resident on the device; a host that streams weights needs only the
-    activations plus the layers in flight.
+    Returns {"weights", "activations", "latents", "working", "peak", "tokens"} in bytes (tokens: per
+    sample). ``cfg_passes`` is 2 with classifier-free guidance (1 without); batched CFG runs both passes
+    as one batch. ``latents``: the sampler's latent-sized buffers (:func:`sampler_latent_bytes`);
+    ``working`` = activations + latents, what must fit whatever happens to the weights. ``peak`` assumes
+    every weight resident on the device; a host that streams weights needs only ``working`` plus the
+    layers in flight.
     """
     weights = dit_weight_bytes(config, weight_dtype)
     per_forward = batch * (cfg_passes if cfg_batched else 1)
     activations = dit_activation_bytes(config, per_forward, frames, height, width, compute_dtype, chunk_tokens)
-    return {"weights": weights, "activations": activations, "peak": weights + activations,
-            "tokens": dit_tokens(frames, height, width, config.patch_size)}
+    latents = sampler_latent_bytes(config, batch, frames, height, width)
+    return {"weights": weights, "activations": activations, "latents": latents, "working": activations + latents,
+            "peak": weights + activations + latents, "tokens": dit_tokens(frames, height, width, config.patch_size)}
 
 
 def human_bytes(count):
@@ -121,13 +143,15 @@ def human_bytes(count):
     return f"{count / 1024:.0f} KiB"
 
 
-def describe_estimate(estimate, device_bytes=None):
-    """One human line for logs and the node's report."""
+def describe_estimate(estimate, device_bytes=None, available_bytes=None):
+    """One human line for logs and the node's report (device_bytes: total; available_bytes: free now)."""
     text = (f"{estimate['tokens']:,} tokens per sample; DiT weights {human_bytes(estimate['weights'])}, "
-            f"activations {human_bytes(estimate['activations'])}, peak with all weights resident "
-            f"{human_bytes(estimate['peak'])}")
+            f"activations {human_bytes(estimate['activations'])}, latent buffers {human_bytes(estimate['latents'])}, "
+            f"peak with all weights resident {human_bytes(estimate['peak'])}")
     if device_bytes:
         text += f"; device has {human_bytes(device_bytes)}"
-        if estimate["peak"] > device_bytes:
+        if available_bytes is not None:
+            text += f", {human_bytes(available_bytes)} available"
+        if estimate["peak"] > (device_bytes if available_bytes is None else available_bytes):
             text += " (weights will be streamed from CPU memory)"
     return text

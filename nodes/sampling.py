@@ -10,7 +10,7 @@ import comfy.samplers
 import latent_preview
 
 from ..model_loaders.comfy_model import CHUNK_OPTION
-from ..model_loaders.memory import describe_estimate, run_estimate
+from ..model_loaders.memory import describe_estimate, human_bytes, run_estimate
 from ..samplers.flow_euler import guidance_at, sample_flow_euler
 from ..samplers.flow_schedule import DEFAULT_SHIFT, partial_noise_levels
 from ..samplers.modes import chain_windows, long_video_plan
@@ -18,6 +18,7 @@ from ..samplers.video_geometry import (FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, late
                                       snapping_note)
 from .host import (CATEGORY, LatentCheckpoint, Progress, check_interrupt, require_finite, require_finite_tensor,
                    video_samples)
+from .memory import FREE_FRACTION, available_bytes, require_latent_fits
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ CFG_STOP_SIGMA_INPUT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step"
 
 
 def check_memory(model, samples, cfg):
-    """Estimate peak memory for sampling ``samples``; log it, and refuse clearly when activations alone
-    cannot fit the device (weights can be streamed, activations cannot). Returns the report line."""
+    """Estimate peak memory for sampling ``samples``; log it, and refuse clearly when the working memory
+    (activations and the latent-sized buffers; weights can be streamed, these cannot) does not fit in what
+    is available on the device now. Returns the report line."""
     diffusion = model.model.diffusion_model
     device = model.load_device
     chunk = model.model_options.get("transformer_options", {}).get(CHUNK_OPTION) or diffusion.chunk_tokens
@@ -102,11 +104,13 @@ def check_memory(model, samples, cfg):
                             compute_dtype=model.model.manual_cast_dtype or model.model.get_dtype(),
                             cfg_passes=2 if cfg != 1.0 else 1, cfg_batched=batched, chunk_tokens=chunk)
     total = comfy.model_management.get_total_memory(device)
-    report = "Step-Video memory estimate: " + describe_estimate(estimate, total)
+    available = available_bytes(device)
+    report = "Step-Video memory estimate: " + describe_estimate(estimate, total, available)
     log.info(report)
-    if estimate["activations"] > 0.95 * total:
+    if estimate["working"] > FREE_FRACTION * available:
         raise MemoryError(
-            f"{report}. The activations alone do not fit on {device}: lower the resolution or frames, or add "
+            f"{report}. The activations and latent buffers ({human_bytes(estimate['working'])}) do not fit in the "
+            f"{human_bytes(available)} available on {device}: lower the resolution, frames or batch, or add "
             "StepVideo Memory Options (token chunking, sequential CFG) before the sampler.")
     return report
 
@@ -218,6 +222,7 @@ class StepVideoEmptyLatent:
 
     def generate(self, width, height, frames, batch_size):
         shape = (batch_size, 64, latent_frames(snap_frames(frames)), snap_size(height) // 16, snap_size(width) // 16)
+        require_latent_fits("StepVideo Empty Latent", shape)
         return ({"samples": torch.zeros(shape, device=comfy.model_management.intermediate_device())},)
 
 
@@ -264,7 +269,10 @@ class StepVideoLongVideo:
                                max(2, snap_frames(window_frames) // FRAMES_PER_CHUNK), overlap_chunks,
                                None if start is None else start.shape[2] // LATENTS_PER_CHUNK)
         grid = (snap_size(height) // 16, snap_size(width) // 16)
-        window = torch.zeros(1, 1, max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks, *grid)
+        window_frames = max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks
+        total_frames = sum(plan) * LATENTS_PER_CHUNK + (0 if start is None else start.shape[2])
+        require_latent_fits("StepVideo Long Video", (1, 64, window_frames, *grid), stored_frames=total_frames)
+        window = torch.zeros(1, 1, window_frames, *grid)
         report = check_memory(model, window, cfg)
         bar = Progress(len(plan) * steps)
         saver = LatentCheckpoint("long_video", prompt, extra_pnginfo)
