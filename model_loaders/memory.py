@@ -23,7 +23,9 @@ from ..networks.quant_formats import DEQUANTIZE_CHUNK_VALUES, FORMATS
 from .materialize import FP8_DTYPES, build_on_meta, weight_dtype_for
 from .quantize import storage_for
 
-SAMPLER_LATENT_BUFFERS = 10   # float32 latent-sized tensors alive at a sampling step's peak (see latent_bytes)
+# float32 latent-sized tensors alive at a sampling step's peak, by CFG passes (1: no CFG; 2: CFG), besides the
+# DiT's activations: measured by benchmarks/input_checks.py (16.97 and 11.97 latents, host 0.3.75, CPU)
+SAMPLER_LATENT_BUFFERS = {1: 12, 2: 17}
 BLOCK_PEAK_UNITS = 11.0        # L*D units at the peak of an unchunked block
 CHUNKED_BASE_UNITS = 4.0       # q, k, v and x across all tokens when chunked
 CHUNK_TEMPORARY_UNITS = 9.0    # per-token temporaries of one chunk, times chunk / L
@@ -107,12 +109,12 @@ def latent_bytes(shape):
     return count * LATENT_DTYPE_BYTES
 
 
-def sampler_latent_bytes(config, batch, frames, height, width):
-    """Latent-sized buffers of a sampling step besides the DiT's activations: the start latent, the noise,
-    x, CFG's batched input and its two outputs, the combined denoised estimate, the velocity and the
-    update's temporaries (SAMPLER_LATENT_BUFFERS float32 latents in all; benchmarks/input_checks.py
-    measures them)."""
-    return SAMPLER_LATENT_BUFFERS * latent_bytes((batch, config.in_channels, frames, height, width))
+def sampler_latent_bytes(config, batch, frames, height, width, cfg_passes=2):
+    """Latent-sized buffers of a sampling step besides the DiT's activations: the noise, the host's copy of
+    the start latent, x, CFG's batched input, the model's outputs, the host's per-condition sums and counts,
+    the combined denoised estimate, the velocity and the update's temporaries
+    (SAMPLER_LATENT_BUFFERS[cfg_passes] float32 latents in all)."""
+    return SAMPLER_LATENT_BUFFERS[cfg_passes] * latent_bytes((batch, config.in_channels, frames, height, width))
 
 
 
@@ -130,7 +132,7 @@ def run_estimate(config, batch, frames, height, width, weight_dtype=torch.bfloat
     weights = dit_weight_bytes(config, weight_dtype)
     per_forward = batch * (cfg_passes if cfg_batched else 1)
     activations = dit_activation_bytes(config, per_forward, frames, height, width, compute_dtype, chunk_tokens)
-    latents = sampler_latent_bytes(config, batch, frames, height, width)
+    latents = sampler_latent_bytes(config, batch, frames, height, width, cfg_passes)
     return {"weights": weights, "activations": activations, "latents": latents, "working": activations + latents,
             "peak": weights + activations + latents, "tokens": dit_tokens(frames, height, width, config.patch_size)}
 

@@ -149,7 +149,7 @@ class StepVideoTextEncoder:
         keys, entries = {}, {}
         if self.cache is not None:
             encoders = self._encoders_identity()
-            keys = {p: {"format": CACHE_FORMAT, "prompt": p, **encoders} for p in unique}
+            keys = {p: self.cache_key(p, encoders) for p in unique}
             layout = self.cached_layout()
             entries = {p: self.cache.load(keys[p], layout) for p in unique}
         missing = [p for p in unique if entries.get(p) is None]
@@ -175,6 +175,10 @@ class StepVideoTextEncoder:
             torch.cuda.empty_cache()
 
     # --- internals ----------------------------------------------------------------------------------
+
+    def cache_key(self, prompt, encoders=None):
+        """The embedding-cache key of ``prompt`` (``encoders``: this encoder's identity, when already known)."""
+        return {"format": CACHE_FORMAT, "prompt": prompt, **(encoders or self._encoders_identity())}
 
     def cached_layout(self):
         """{name: (shape, dtype)} of one prompt's cached tensors, from the weights' headers (read once)."""

@@ -39,15 +39,15 @@ def pixel_frames(latent_frames):
 
 def require_latent_fits(node, shape, stored_frames=None):
     """MemoryError naming ``node`` unless a float32 latent of ``shape`` (B, C, T, h, w) fits in free RAM and
-    sampling it (SAMPLER_LATENT_BUFFERS latent-sized buffers, activations not counted) fits on the sampling
-    device. stored_frames: latent frames kept in RAM when more than T (a long video's whole clip). Call it
+    sampling it with CFG (SAMPLER_LATENT_BUFFERS[2] latent-sized buffers, activations not counted) fits on
+    the sampling device. stored_frames: latent frames kept in RAM when more than T (a long video's whole clip). Call it
     before allocating; the message names the sizes and the most frames that would fit."""
     batch, channels, frames, height, width = shape
     kept = max(frames, stored_frames or 0)
     frame_bytes = latent_bytes((batch, channels, 1, height, width))
     device = comfy.model_management.get_torch_device()
     checks = [(kept, 1, cpu_free_bytes(), "RAM"),
-              (frames, SAMPLER_LATENT_BUFFERS, available_bytes(device), f"{device} memory")]
+              (frames, SAMPLER_LATENT_BUFFERS[2], available_bytes(device), f"{device} memory")]
     for count, buffers, free, where in checks:
         needed = count * buffers * frame_bytes
         if needed > FREE_FRACTION * free:

@@ -269,10 +269,10 @@ class StepVideoLongVideo:
                                max(2, snap_frames(window_frames) // FRAMES_PER_CHUNK), overlap_chunks,
                                None if start is None else start.shape[2] // LATENTS_PER_CHUNK)
         grid = (snap_size(height) // 16, snap_size(width) // 16)
-        window_frames = max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks
-        total_frames = sum(plan) * LATENTS_PER_CHUNK + (0 if start is None else start.shape[2])
-        require_latent_fits("StepVideo Long Video", (1, 64, window_frames, *grid), stored_frames=total_frames)
-        window = torch.zeros(1, 1, window_frames, *grid)
+        window_latents = max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks
+        clip_latents = sum(plan) * LATENTS_PER_CHUNK + (0 if start is None else start.shape[2])
+        require_latent_fits("StepVideo Long Video", (1, 64, window_latents, *grid), stored_frames=clip_latents)
+        window = torch.zeros(1, 1, window_latents, *grid)
         report = check_memory(model, window, cfg)
         bar = Progress(len(plan) * steps)
         saver = LatentCheckpoint("long_video", prompt, extra_pnginfo)
@@ -281,8 +281,8 @@ class StepVideoLongVideo:
         def sample_window(samples, mask, index):
             latent = {"samples": samples} if mask is None else {"samples": samples, "noise_mask": mask}
             on_step = lambda step, x0, x, total: bar(index * steps + step + 1)  # noqa: E731
-            sampled = run_official_sampler(model, positive, negative, latent, window_seed(seed, index), steps, cfg, shift, 1.0,
-                                           on_step, cfg_stop_sigma)["samples"]
+            sampled = run_official_sampler(model, positive, negative, latent, window_seed(seed, index), steps, cfg,
+                                           shift, 1.0, on_step, cfg_stop_sigma)["samples"]
             return sampled.to(samples.device)
 
         def save(clip):
