@@ -163,13 +163,13 @@ def main():
                           "sampler": case_sampler}[name](*rest)
         print(json.dumps({"growth": growth, "result": result}, default=str))
         return
-    print("| case | old: peak RSS growth | new: peak RSS growth | new result |")
-    print("| --- | --- | --- | --- |")
+    print("| case | old: peak RSS growth | old result | new: peak RSS growth | new result |")
+    print("| --- | --- | --- | --- | --- |")
 
     def row(label, old, new):
         old, new = json.loads(run_case(old)), json.loads(run_case(new))
-        print(f"| {label} | {old['growth'] / GIB:.3f} GiB | {new['growth'] / GIB:.3f} GiB | "
-              f"{str(new['result'])[:110]} |", flush=True)
+        print(f"| {label} | {old['growth'] / GIB:.3f} GiB | {str(old['result'])[:70]} | {new['growth'] / GIB:.3f} GiB "
+              f"| {str(new['result'])[:110]} |", flush=True)
 
     row("2x8000 image -> 256x256", ["image", "old"], ["image", "new"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -116,7 +116,7 @@ def open_video(path, skip=0, limit=0):
     """(info, frames) of a video file, decoding only frames ``skip`` .. ``skip + limit`` (limit 0: to the end).
 
     info: {"width", "height", "fps", "frames"} where "frames" is the container's estimate of the whole
-    clip (duration x fps; None if unknown). frames: a generator of uint8 numpy (H, W, 3) frames, streamed
+    clip (duration x fps; None if unknown). frames: VideoFrames, uint8 numpy (H, W, 3) frames streamed
     from the ffmpeg subprocess one at a time (ffmpeg skips the first ``skip`` frames itself and stops after
     ``limit``); closing it stops ffmpeg. NotAVideo (one line) when ffmpeg cannot read ``path``.
     """
@@ -131,16 +131,21 @@ def open_video(path, skip=0, limit=0):
         raise NotAVideo(f"{path} is not a video ffmpeg can read: {_reason(e)}") from None
     duration, fps = meta.get("duration"), meta.get("fps")
     estimate = round(duration * fps) if duration and fps and math.isfinite(duration * fps) else None
-    info = {"width": width, "height": height, "fps": fps, "frames": estimate}
+    return {"width": width, "height": height, "fps": fps, "frames": estimate}, VideoFrames(reader, height, width)
 
-    def frames():
-        try:
-            for buffer in reader:
-                yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
-        finally:
-            reader.close()
 
-    return info, frames()
+class VideoFrames:
+    """Iterates uint8 numpy (H, W, 3) frames from imageio-ffmpeg's reader; close() stops ffmpeg early."""
+
+    def __init__(self, reader, height, width):
+        self.reader, self.height, self.width = reader, height, width
+
+    def __iter__(self):
+        for buffer in self.reader:
+            yield np.frombuffer(buffer, dtype=np.uint8).reshape(self.height, self.width, 3)
+
+    def close(self):
+        self.reader.close()
 
 
 def read_mp4_frames(path, skip=0, limit=0):

@@ -8,8 +8,8 @@ import torch
 import folder_paths
 
 from ..media.mp4 import open_video, write_mp4
-from .host import CATEGORY, require_finite
 from ..model_loaders.memory import human_bytes
+from .host import CATEGORY, require_finite
 from .memory import FREE_FRACTION, cpu_free_bytes
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".gif")
@@ -108,7 +108,9 @@ class StepVideoLoadVideo:
         width, height = info["width"], info["height"]
         per_frame = width * height * 3 * 5  # the float32 IMAGE frame and the uint8 frame it is made from
         fit = int(cpu_free_bytes() * FREE_FRACTION) // per_frame
-        wanted = frame_limit or (max(0, info["frames"] - skip_frames) if info["frames"] else None)
+        left = None if info["frames"] is None else max(0, info["frames"] - skip_frames)  # the container's estimate
+        bounds = [n for n in (frame_limit or None, left) if n is not None]
+        wanted = min(bounds) if bounds else None
 
         def refuse(count):
             frames.close()
