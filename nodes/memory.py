@@ -30,6 +30,15 @@ def available_bytes(device):
     return free
 
 
+def require_ram(node, what, needed, hint):
+    """MemoryError "``node``: ``what`` needs N of RAM, but M is available: ``hint``." when ``needed`` bytes do not
+    fit in what is free (call it before allocating)."""
+    free = cpu_free_bytes()
+    if needed > FREE_FRACTION * free:
+        raise MemoryError(f"{node}: {what} needs {human_bytes(needed)} of RAM, but {human_bytes(free)} is available: "
+                          f"{hint}")
+
+
 def pixel_frames(latent_frames):
     """The most pixel frames (a multiple of 17, or 1) whose latent has at most ``latent_frames`` frames."""
     if latent_frames >= LATENTS_PER_CHUNK:

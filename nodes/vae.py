@@ -18,11 +18,13 @@ from ..networks.vae_tiling import DEFAULT_OVERLAP_PX, decode_bytes_per_px, encod
 from ..samplers.video_geometry import to_comfy, to_official
 from ..samplers.video_geometry import snap_frames
 from .host import CATEGORY, Progress, model_choices, model_path, preview_maps, video_samples
+from .memory import require_ram
 
 log = logging.getLogger(__name__)
 VAE_TYPE = "STEPVIDEO_VAE"
 VAE_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TILING = ("auto", "off", "on")
+DECODE_OUTPUT_COPIES = 3  # the decoded video and the two float32 copies video_to_images makes of it
 
 
 class StepVideoVAE:
@@ -55,6 +57,11 @@ def decode_latent(handle, samples, tiling="auto", tile_px=512, overlap_px=DEFAUL
     config = handle.vae.config
     tile = tile_choice(tiling, tile_px)
     height, width = samples.shape[-2] * config.spatial_factor, samples.shape[-1] * config.spatial_factor
+    frames = config.decoded_frames(samples.shape[2])
+    output = samples.shape[0] * frames * height * width * 3 * 4
+    require_ram("StepVideo VAE Decode", f"decoding {list(samples.shape)} to {samples.shape[0]} x {frames} frames of "
+                f"{width}x{height}", DECODE_OUTPUT_COPIES * output,
+                "decode a smaller latent (a saved LATENT can be decoded later where there is more memory).")
     element = torch.empty((), dtype=handle.vae.dtype).element_size()
     budget = decode_bytes_per_px(config.decoder, element, config.latent_len) * \
         _tile_side(tile, height) * _tile_side(tile, width)

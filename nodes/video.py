@@ -115,9 +115,9 @@ class StepVideoLoadVideo:
         def refuse(count):
             frames.close()
             return MemoryError(
-                f"StepVideo Load Video: {count:,} frames of {width}x{height} from {video} need "
-                f"{human_bytes(count * per_frame)} but {human_bytes(cpu_free_bytes())} of RAM is free; at most "
-                f"{fit:,} frames fit: set frame_limit (and skip_frames) to load a part of the clip.")
+                f"StepVideo Load Video: {video}: {count:,} frames of {width}x{height} need "
+                f"{human_bytes(count * per_frame)} of RAM, but {human_bytes(cpu_free_bytes())} is available: at most "
+                f"{fit:,} frames fit; set frame_limit (and skip_frames) to load a part of the clip.")
 
         if wanted is not None and wanted > fit:
             raise refuse(wanted)

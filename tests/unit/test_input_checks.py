@@ -262,3 +262,33 @@ def test_a_text_encoder_in_the_other_slot_is_named_as_what_it_is(tmp_path):
     unreadable.mkdir()
     with pytest.raises(CheckpointError, match="no Step-LLM tokenizer found"):
         locate_step_tokenizer(str(unreadable))  # no weights to judge: the tokenizer message stays
+
+
+def test_load_video_refuses_a_clip_that_cannot_fit_before_decoding_it(counting_clip, monkeypatch):
+    import folder_paths
+
+    from stepvideo_pack.nodes import video as video_node
+
+    monkeypatch.setattr(folder_paths, "get_annotated_filepath", lambda name: counting_clip)
+    per_frame = 48 * 32 * 3 * 5
+    monkeypatch.setattr(video_node, "cpu_free_bytes", lambda: int(10 * per_frame / 0.9) + 1)  # 10 frames fit
+    with pytest.raises(MemoryError, match=r"count.mp4: 40 frames of 48x32 need .* at most 10 frames fit"):
+        video_node.StepVideoLoadVideo().load("count.mp4", 0, 0)
+    with pytest.raises(MemoryError, match="30 frames of 48x32"):
+        video_node.StepVideoLoadVideo().load("count.mp4", 10, 100000)
+    images, fps = video_node.StepVideoLoadVideo().load("count.mp4", 30, 100000)
+    assert images.shape == (10, 32, 48, 3) and images.dtype == torch.float32 and fps == 25.0
+
+
+def test_a_decode_whose_output_cannot_fit_is_refused_before_the_vae_loads(monkeypatch):
+    from types import SimpleNamespace
+
+    from stepvideo_pack.networks.vae import VAEConfig
+    from stepvideo_pack.nodes import vae as vae_node
+
+    monkeypatch.setattr(node_memory, "cpu_free_bytes", lambda: 8 * GIB)
+    handle = SimpleNamespace(vae=SimpleNamespace(config=VAEConfig()), ready=lambda budget: pytest.fail("loaded"))
+    latent = torch.empty(1, 64, 36, 68, 120, device="meta")  # 204 frames of 1920x1088: 4.8 GiB, 3 copies
+    with pytest.raises(MemoryError, match=r"StepVideo VAE Decode: decoding \[1, 64, 36, 68, 120\] to 1 x 204 "
+                                          r"frames of 1920x1088 needs 14.3 GiB of RAM, but 8.0 GiB"):
+        vae_node.decode_latent(handle, latent)
