@@ -14,6 +14,7 @@ from .host import CATEGORY
 CFG_PASSES = ("batched when it fits", "sequential")
 FREE_FRACTION = 0.9  # of what is free, what a check lets one piece of work take (the rest: the host, other nodes)
 
+
 def cpu_free_bytes():
     """RAM free now, as ComfyUI reports it."""
     return comfy.model_management.get_free_memory(torch.device("cpu"))
@@ -49,8 +50,8 @@ def pixel_frames(latent_frames):
 def require_latent_fits(node, shape, stored_frames=None):
     """MemoryError naming ``node`` unless a float32 latent of ``shape`` (B, C, T, h, w) fits in free RAM and
     sampling it with CFG (SAMPLER_LATENT_BUFFERS[2] latent-sized buffers, activations not counted) fits on
-    the sampling device. stored_frames: latent frames kept in RAM when more than T (a long video's whole clip). Call it
-    before allocating; the message names the sizes and the most frames that would fit."""
+    the sampling device. stored_frames: latent frames kept in RAM when more than T (a long video's whole
+    clip). Call it before allocating; the message names the sizes and the most frames that would fit."""
     batch, channels, frames, height, width = shape
     kept = max(frames, stored_frames or 0)
     frame_bytes = latent_bytes((batch, channels, 1, height, width))
