@@ -7,7 +7,6 @@ import os
 import shutil
 import struct
 import subprocess
-import time
 import uuid
 
 import imageio_ffmpeg
@@ -266,11 +265,14 @@ def test_cache_entries_that_do_not_fit_are_recomputed_and_odd_prompts_encode(com
     encode, loader = node(prompt, "StepVideoTextEncode"), node(prompt, "StepVideoTextEncoderLoader")
     prompt[encode]["inputs"]["prompt"] = f"a cat {uuid.uuid4().hex}"
     prompt[node(prompt, "StepVideoSampler")]["inputs"]["steps"] = 1
-    started = time.time()
+    def stamps():
+        names = os.listdir(cache) if os.path.isdir(cache) else []
+        return {n: os.stat(os.path.join(cache, n)).st_mtime_ns for n in names}
+
+    before = stamps()
     first = saved_latent(comfy_client, comfy_client.run_prompt(prompt))
-    fresh = [os.path.join(cache, n) for n in os.listdir(cache)
-             if os.path.getmtime(os.path.join(cache, n)) >= started - 1]
-    assert fresh, os.listdir(cache)
+    fresh = [os.path.join(cache, n) for n, stamp in stamps().items() if before.get(n) != stamp]
+    assert fresh, os.listdir(cache)  # this prompt's entries (and the negative's, if new)
     for path in fresh:  # the right key, tensors of the wrong width
         with safe_open(path, framework="pt") as f:
             metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
