@@ -5,6 +5,7 @@ Metadata is written the way ComfyUI's own video saver writes it (container tags 
 graph as JSON), so dragging the MP4 into ComfyUI restores the graph.
 """
 
+import math
 import os
 import subprocess
 import tempfile
@@ -101,10 +102,56 @@ def _parse_ffmetadata(text):
     return tags
 
 
-def read_mp4_frames(path):
-    """All frames of a video file as uint8 numpy (T, H, W, 3), and the frame rate."""
-    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
-    meta = next(reader)
-    width, height = meta["size"]
-    frames = [np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3) for buf in reader]
-    return np.stack(frames) if frames else np.zeros((0, height, width, 3), np.uint8), meta.get("fps")
+class NotAVideo(ValueError):
+    """A file ffmpeg cannot read as a video; the message is one line naming the file and ffmpeg's reason."""
+
+
+def _reason(error):
+    """The last line of ffmpeg's complaint (its banner and probing notes dropped)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("===")]
+    return lines[-1] if lines else type(error).__name__
+
+
+def open_video(path, skip=0, limit=0):
+    """(info, frames) of a video file, decoding only frames ``skip`` .. ``skip + limit`` (limit 0: to the end).
+
+    info: {"width", "height", "fps", "frames"} where "frames" is the container's estimate of the whole
+    clip (duration x fps; None if unknown). frames: VideoFrames, uint8 numpy (H, W, 3) frames streamed
+    from the ffmpeg subprocess one at a time (ffmpeg skips the first ``skip`` frames itself and stops after
+    ``limit``); closing it stops ffmpeg. NotAVideo (one line) when ffmpeg cannot read ``path``.
+    """
+    output = ["-vf", f"trim=start_frame={int(skip)},setpts=PTS-STARTPTS"] + (["-frames:v", str(int(limit))]
+                                                                              if limit else [])
+    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", output_params=output)
+    try:
+        meta = next(reader)
+        width, height = meta["size"]
+    except Exception as e:  # imageio-ffmpeg raises OSError with ffmpeg's whole log, others for odd headers
+        reader.close()
+        raise NotAVideo(f"{path} is not a video ffmpeg can read: {_reason(e)}") from None
+    duration, fps = meta.get("duration"), meta.get("fps")
+    estimate = round(duration * fps) if duration and fps and math.isfinite(duration * fps) else None
+    return {"width": width, "height": height, "fps": fps, "frames": estimate}, VideoFrames(reader, height, width)
+
+
+class VideoFrames:
+    """Iterates uint8 numpy (H, W, 3) frames from imageio-ffmpeg's reader; close() stops ffmpeg early."""
+
+    def __init__(self, reader, height, width):
+        self.reader, self.height, self.width = reader, height, width
+
+    def __iter__(self):
+        for buffer in self.reader:
+            yield np.frombuffer(buffer, dtype=np.uint8).reshape(self.height, self.width, 3)
+
+    def close(self):
+        self.reader.close()
+
+
+def read_mp4_frames(path, skip=0, limit=0):
+    """Frames ``skip`` .. ``skip + limit`` (limit 0: all) of a video file as uint8 numpy (T, H, W, 3), and
+    the frame rate."""
+    info, frames = open_video(path, skip, limit)
+    frames = list(frames)
+    stacked = np.stack(frames) if frames else np.zeros((0, info["height"], info["width"], 3), np.uint8)
+    return stacked, info["fps"]

@@ -23,6 +23,9 @@ from ..networks.quant_formats import DEQUANTIZE_CHUNK_VALUES, FORMATS
 from .materialize import FP8_DTYPES, build_on_meta, weight_dtype_for
 from .quantize import storage_for
 
+# float32 latent-sized tensors alive at a sampling step's peak, by CFG passes (1: no CFG; 2: CFG), besides the
+# DiT's activations: measured by benchmarks/input_checks.py (16.97 and 11.97 latents, host 0.3.75, CPU)
+SAMPLER_LATENT_BUFFERS = {1: 12, 2: 17}
 BLOCK_PEAK_UNITS = 11.0        # L*D units at the peak of an unchunked block
 CHUNKED_BASE_UNITS = 4.0       # q, k, v and x across all tokens when chunked
 CHUNK_TEMPORARY_UNITS = 9.0    # per-token temporaries of one chunk, times chunk / L
@@ -95,22 +98,43 @@ def dit_activation_bytes(config, batch, frames, height, width, dtype=torch.bfloa
 
 
 GIB = 1024 ** 3
+LATENT_DTYPE_BYTES = 4  # latents are float32 between the nodes and in the sampling loop
+
+
+def latent_bytes(shape):
+    """Bytes of one float32 latent of ``shape`` (B, C, T, h, w)."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count * LATENT_DTYPE_BYTES
+
+
+def sampler_latent_bytes(config, batch, frames, height, width, cfg_passes=2):
+    """Latent-sized buffers of a sampling step besides the DiT's activations: the noise, the host's copy of
+    the start latent, x, CFG's batched input, the model's outputs, the host's per-condition sums and counts,
+    the combined denoised estimate, the velocity and the update's temporaries
+    (SAMPLER_LATENT_BUFFERS[cfg_passes] float32 latents in all)."""
+    return SAMPLER_LATENT_BUFFERS[cfg_passes] * latent_bytes((batch, config.in_channels, frames, height, width))
+
 
 
 def run_estimate(config, batch, frames, height, width, weight_dtype=torch.bfloat16, compute_dtype=torch.bfloat16,
                  cfg_passes=2, cfg_batched=True, chunk_tokens=None):
     """Peak-memory estimate of sampling one latent (frames x height x width, latent units).
 
-    Returns {"weights", "activations", "peak", "tokens"} in bytes (tokens: per sample). ``cfg_passes``
-    is 2 with classifier-free guidance (1 without); batched CFG runs both passes as one batch.
-    ``peak`` assumes every weight resident on the device; a host that streams weights needs only the
-    activations plus the layers in flight.
+    Returns {"weights", "activations", "latents", "working", "peak", "tokens"} in bytes (tokens: per
+    sample). ``cfg_passes`` is 2 with classifier-free guidance (1 without); batched CFG runs both passes
+    as one batch. ``latents``: the sampler's latent-sized buffers (:func:`sampler_latent_bytes`);
+    ``working`` = activations + latents, what must fit whatever happens to the weights. ``peak`` assumes
+    every weight resident on the device; a host that streams weights needs only ``working`` plus the
+    layers in flight.
     """
     weights = dit_weight_bytes(config, weight_dtype)
     per_forward = batch * (cfg_passes if cfg_batched else 1)
     activations = dit_activation_bytes(config, per_forward, frames, height, width, compute_dtype, chunk_tokens)
-    return {"weights": weights, "activations": activations, "peak": weights + activations,
-            "tokens": dit_tokens(frames, height, width, config.patch_size)}
+    latents = sampler_latent_bytes(config, batch, frames, height, width, cfg_passes)
+    return {"weights": weights, "activations": activations, "latents": latents, "working": activations + latents,
+            "peak": weights + activations + latents, "tokens": dit_tokens(frames, height, width, config.patch_size)}
 
 
 def human_bytes(count):
@@ -121,13 +145,15 @@ def human_bytes(count):
     return f"{count / 1024:.0f} KiB"
 
 
-def describe_estimate(estimate, device_bytes=None):
-    """One human line for logs and the node's report."""
+def describe_estimate(estimate, device_bytes=None, available_bytes=None):
+    """One human line for logs and the node's report (device_bytes: total; available_bytes: free now)."""
     text = (f"{estimate['tokens']:,} tokens per sample; DiT weights {human_bytes(estimate['weights'])}, "
-            f"activations {human_bytes(estimate['activations'])}, peak with all weights resident "
-            f"{human_bytes(estimate['peak'])}")
+            f"activations {human_bytes(estimate['activations'])}, latent buffers {human_bytes(estimate['latents'])}, "
+            f"peak with all weights resident {human_bytes(estimate['peak'])}")
     if device_bytes:
         text += f"; device has {human_bytes(device_bytes)}"
-        if estimate["peak"] > device_bytes:
+        if available_bytes is not None:
+            text += f", {human_bytes(available_bytes)} available"
+        if estimate["peak"] > (device_bytes if available_bytes is None else available_bytes):
             text += " (weights will be streamed from CPU memory)"
     return text

@@ -113,6 +113,16 @@ def _model_view(weights, kind, what, signature, slot_hint):
     return weights.renamed(rename)
 
 
+def refuse_other_model(path, view):
+    """Raise ``view``'s wrong-slot CheckpointError when ``path`` holds readable weights of another model
+    (say what the file looks like, not only that no tokenizer sits beside it); return if it cannot be read."""
+    try:
+        weights = open_weights(clip_weights_path(os.fspath(path)))
+    except CheckpointError:
+        return
+    view(weights)
+
+
 def _layer_count(weights, pattern):
     indices = [int(m.group(1)) for k in weights.keys() if (m := re.match(pattern, k))]
     return 1 + max(indices) if indices else 0
@@ -261,6 +271,7 @@ def locate_step_tokenizer(path):
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
+    refuse_other_model(path, step_llm_view)
     embedded = f"a '{EMBEDDED_FILES[STEP_TOKENIZER_FILE]}' tensor in {path}, " if _is_single_file(path) else ""
     raise CheckpointError(f"no Step-LLM tokenizer found for {path}: looked for {embedded}"
                           + ", ".join(candidates) + ". It is the official step_llm/step1_chat_tokenizer.model.")
@@ -354,6 +365,7 @@ def locate_clip_tokenizer(path):
     for candidate in candidates:
         if os.path.isfile(os.path.join(candidate, "vocab.txt")):
             return candidate
+    refuse_other_model(path, hunyuan_clip_view)
     embedded = f"a '{EMBEDDED_FILES['vocab.txt']}' tensor in {path}, " if _is_single_file(path) else ""
     raise CheckpointError(f"no HunyuanCLIP tokenizer found for {path}: looked for {embedded}vocab.txt in "
                           + ", ".join(dict.fromkeys(candidates))

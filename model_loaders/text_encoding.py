@@ -12,15 +12,20 @@ default frees both right after encoding, so the 20B Step-LLM never sits in memor
 
 import contextlib
 import gc
+import logging
+import re
 from dataclasses import dataclass
 
 import torch
 
 from ..networks.ops import CastOps
 from .errors import CheckpointError
-from .embedding_cache import EmbeddingCache, files_identity
-from .text_encoder_loader import (load_clip_tokenizer, load_hunyuan_clip, load_step_llm, load_step_tokenizer,
-                                  locate_clip_tokenizer, locate_step_tokenizer)
+from .embedding_cache import DEFAULT_LIMIT_MB, EmbeddingCache, files_identity
+from .text_encoder_loader import (CLIP_SIGNATURE, STEP_LLM_SIGNATURE, hunyuan_clip_weights, load_clip_tokenizer,
+                                  load_hunyuan_clip, load_step_llm, load_step_tokenizer, locate_clip_tokenizer,
+                                  locate_step_tokenizer, step_llm_weights)
+
+log = logging.getLogger(__name__)
 
 # Official magic prompts (Step-Video-T2V and Step-Video-TI2V config.py defaults)
 T2V_POSITIVE_MAGIC = ("超高清、HDR 视频、环境光、杜比全景声、画面稳定、流畅动作、逼真的细节、专业级构图、超现实主义、自然、生动、"
@@ -35,7 +40,17 @@ MAGIC_PROMPTS = {"t2v": (T2V_POSITIVE_MAGIC, T2V_NEGATIVE_MAGIC), "ti2v": (TI2V_
 STEP_LLM_MAX_LENGTH = 320
 CLIP_MAX_LENGTH = 77
 CACHE_FORMAT = 1
-CACHED_TENSORS = ("llm_states", "llm_mask", "clip_states")
+MASK_DTYPE = torch.int64  # the tokenizers' token masks
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(prompt):
+    """``prompt`` with lone UTF-16 surrogates (from JSON such as "\\ud800"; not text, and not encodable
+    as UTF-8) replaced by U+FFFD, the Unicode replacement character."""
+    cleaned, count = LONE_SURROGATE.subn("\ufffd", prompt)
+    if count:
+        log.warning("Step-Video: the prompt holds %d lone surrogate code point(s); replaced by U+FFFD", count)
+    return cleaned
 
 
 def compose_prompts(prompt, negative_prompt="", variant="t2v", use_magic=True):
@@ -83,7 +98,9 @@ class StepVideoTextEncoder:
         clip_path: official ``hunyuan_clip/`` (or ``clip_text_encoder/``) folder or a single-file HunyuanCLIP.
         cache_dir: folder of the embedding cache (None: no cache). Entries are keyed by prompt text,
             max lengths, dtypes and the identity (paths, sizes, modification times) of the encoder and
-            tokenizer files — not by the device, whose rounding differences are ignored.
+            tokenizer files — not by the device, whose rounding differences are ignored. An entry whose
+            tensors do not have the shapes and dtypes these encoders produce is recomputed.
+        cache_limit_mb: size limit of the cache folder; least recently used entries are deleted beyond it.
         device: where the encoders run ("cpu", "cuda", torch.device).
         offload: keep the weights in CPU memory and copy each layer to ``device`` as it runs (low VRAM).
             Step-LLM weights that need no conversion (a pre-quantized file, or bf16 kept bf16) stay
@@ -101,11 +118,13 @@ class StepVideoTextEncoder:
     def __init__(self, step_llm_path, clip_path, cache_dir=None, device="cpu", offload=False,
                  llm_dtype=torch.bfloat16, llm_weight_dtype=None, clip_dtype=torch.float32,
                  llm_max_length=STEP_LLM_MAX_LENGTH, clip_max_length=CLIP_MAX_LENGTH, keep_loaded=False,
-                 step_tokenizer_path=None, clip_tokenizer_path=None, llm_config=None, operations=None):
+                 step_tokenizer_path=None, clip_tokenizer_path=None, llm_config=None, operations=None,
+                 cache_limit_mb=DEFAULT_LIMIT_MB):
         self.step_llm_path, self.clip_path = step_llm_path, clip_path
         self.step_tokenizer_path = step_tokenizer_path or step_llm_path
         self.clip_tokenizer_path = clip_tokenizer_path or clip_path
-        self.cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
+        self.cache = EmbeddingCache(cache_dir, cache_limit_mb * 1024 ** 2) if cache_dir is not None else None
+        self._layout = None
         self.device = torch.device(device)
         self.weights_device = torch.device("cpu") if offload else self.device
         self.operations = operations if operations is not None else (CastOps if offload else None)
@@ -123,15 +142,16 @@ class StepVideoTextEncoder:
         on_progress(done, total) is called after every encoder layer that runs (never on a cache hit);
         it may raise to interrupt.
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = [clean_text(p) for p in ([prompts] if isinstance(prompts, str) else list(prompts))]
         if not prompts:
             raise ValueError("no prompts to encode (an empty prompt is the string '', not an empty list)")
         unique = list(dict.fromkeys(prompts))
         keys, entries = {}, {}
         if self.cache is not None:
             encoders = self._encoders_identity()
-            keys = {p: {"format": CACHE_FORMAT, "prompt": p, **encoders} for p in unique}
-            entries = {p: self.cache.load(keys[p], CACHED_TENSORS) for p in unique}
+            keys = {p: self.cache_key(p, encoders) for p in unique}
+            layout = self.cached_layout()
+            entries = {p: self.cache.load(keys[p], layout) for p in unique}
         missing = [p for p in unique if entries.get(p) is None]
         if missing:
             fresh = self._run_encoders(missing, on_progress)
@@ -155,6 +175,20 @@ class StepVideoTextEncoder:
             torch.cuda.empty_cache()
 
     # --- internals ----------------------------------------------------------------------------------
+
+    def cache_key(self, prompt, encoders=None):
+        """The embedding-cache key of ``prompt`` (``encoders``: this encoder's identity, when already known)."""
+        return {"format": CACHE_FORMAT, "prompt": prompt, **(encoders or self._encoders_identity())}
+
+    def cached_layout(self):
+        """{name: (shape, dtype)} of one prompt's cached tensors, from the weights' headers (read once)."""
+        if self._layout is None:
+            llm_width = step_llm_weights(self.step_llm_path)[0].shape(STEP_LLM_SIGNATURE)[1]
+            clip_width = hunyuan_clip_weights(self.clip_path)[0].shape(CLIP_SIGNATURE)[1]
+            self._layout = {"llm_states": ((self.llm_max_length, llm_width), self.llm_dtype),
+                            "llm_mask": ((self.llm_max_length,), MASK_DTYPE),
+                            "clip_states": ((self.clip_max_length, clip_width), self.llm_dtype)}
+        return self._layout
 
     def _encoders_identity(self):
         """Everything besides the prompt that the cached tensors depend on (JSON-able)."""

@@ -17,6 +17,7 @@ download fails with the byte counts instead of a cryptic error halfway through l
 import json
 import os
 import struct
+import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -120,12 +121,19 @@ def read_safetensors_header(path):
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path} has an unreadable safetensors header ({e}); the file is damaged.") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a malformed safetensors header (a JSON {type(header).__name__}, not an "
+                              "object of tensors); the file is damaged or not a safetensors file.")
     header.pop("__metadata__", None)
     info, data_end = {}, 0
     for key, entry in header.items():
-        dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        problem = _entry_problem(entry)
+        if problem:
+            raise CheckpointError(f"{path} has a malformed safetensors header: tensor {key!r} {problem}; the file "
+                                  "is damaged or was written by a broken tool.")
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
         if dtype is None:
-            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {entry.get('dtype')!r}.")
+            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {entry['dtype']!r}.")
         info[key] = TensorInfo(tuple(entry["shape"]), dtype, path, key)
         data_end = max(data_end, entry["data_offsets"][1])
     expected = 8 + header_len + data_end
@@ -136,6 +144,32 @@ def read_safetensors_header(path):
     return info
 
 
+def _entry_problem(entry):
+    """What is wrong with one tensor entry of a safetensors header (None if it is well formed)."""
+    if not isinstance(entry, dict):
+        return f"is described by a JSON {type(entry).__name__}, not an object"
+    if not isinstance(entry.get("dtype"), str):
+        return "has no dtype"
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return f"has shape {shape!r}, not a list of sizes"
+    offsets = entry.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        return f"has data_offsets {offsets!r}, not [begin, end]"
+    return None
+
+
+def _shard_problem(name):
+    """Why a shard name from an index cannot be used (None if it is a plain relative file name)."""
+    if not isinstance(name, str) or not name:
+        return f"{name!r} is not a file name"
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or ".." in parts or name.startswith("~"):
+        return f"{name!r} points outside the index's folder"
+    return None
+
+
 def _read_index(index_path):
     try:
         with open(index_path, encoding="utf-8") as f:
@@ -143,6 +177,13 @@ def _read_index(index_path):
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{index_path} is not a valid shard index (expected a JSON file with a "
                               f"'weight_map'): {e}") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path} is not a valid shard index: its 'weight_map' is a "
+                              f"{type(weight_map).__name__}, not an object of tensor name -> shard file.")
+    bad = sorted({problem for problem in map(_shard_problem, weight_map.values()) if problem})
+    if bad:
+        raise CheckpointError(f"{index_path} names shard files that are not in its folder: {'; '.join(bad[:4])}. "
+                              "Every shard must sit beside the index; nothing outside it is read.")
     folder = os.path.dirname(index_path)
     shards = sorted(set(weight_map.values()))
     missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
@@ -171,11 +212,15 @@ def _read_index(index_path):
 
 
 def _read_pickle(path):
+    """A pickled state dict: memory-mapped when it is a zip archive (PyTorch >= 1.6), else (the old format,
+    which cannot be memory-mapped) read into memory."""
+    legacy = not zipfile.is_zipfile(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
     except Exception as e:  # torch raises many types for damaged/unsafe pickles
-        raise CheckpointError(f"{path} could not be read as a PyTorch weight file ({type(e).__name__}: {e}). "
-                              "It is damaged, truncated, or contains more than plain tensors.") from None
+        kind = "an old-format (pre-1.6, not zip) PyTorch file" if legacy else "a PyTorch weight file"
+        raise CheckpointError(f"{path} could not be read as {kind} ({type(e).__name__}: {str(e)[:200]}). It is "
+                              "damaged, truncated, not a PyTorch file, or contains more than plain tensors.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

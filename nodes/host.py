@@ -1,6 +1,7 @@
 """What the nodes need from the ComfyUI host: model folders, progress bars and interruption."""
 
 import json
+import math
 import os
 
 import torch
@@ -57,6 +58,24 @@ def video_samples(latent, slot):
             "(e.g. Empty Latent Image or VAE Encode). Step-Video needs a video latent [batch, 64, frames, height/16, "
             "width/16]: make it with StepVideo Empty Latent, StepVideo VAE Encode or a StepVideo mode node.")
     return samples
+
+
+def require_finite(node, **values):
+    """ValueError naming ``node`` and the input when any of ``values`` (name=float) is NaN or infinite.
+
+    NaN passes the host's min/max checks (every comparison with it is false) and a linked FLOAT skips them;
+    either would give a "successful" black video.
+    """
+    for name, value in values.items():
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{node}: {name} is {value!r}; it must be a finite number.")
+
+
+def require_finite_tensor(slot, tensor):
+    """ValueError naming ``slot`` when ``tensor`` holds NaN or infinite values (how many, of how many)."""
+    bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+    if bad:
+        raise ValueError(f"{slot}: {bad:,} of {tensor.numel():,} values are NaN or infinite; the input is damaged.")
 
 
 def check_interrupt():

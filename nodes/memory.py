@@ -1,11 +1,75 @@
-"""Memory controls for the DiT MODEL and the peak-memory estimate (work with KSampler too)."""
+"""Memory controls for the DiT MODEL (work with KSampler too), and the checks that refuse work which cannot
+fit before anything large is allocated."""
 
+import torch
+
+import comfy.model_management
 import comfy.samplers
 
 from ..model_loaders.comfy_model import CHUNK_OPTION
+from ..model_loaders.memory import SAMPLER_LATENT_BUFFERS, human_bytes, latent_bytes
+from ..samplers.video_geometry import FRAMES_PER_CHUNK, LATENTS_PER_CHUNK
 from .host import CATEGORY
 
 CFG_PASSES = ("batched when it fits", "sequential")
+FREE_FRACTION = 0.9  # of what is free, what a check lets one piece of work take (the rest: the host, other nodes)
+
+
+def cpu_free_bytes():
+    """RAM free now, as ComfyUI reports it."""
+    return comfy.model_management.get_free_memory(torch.device("cpu"))
+
+
+def available_bytes(device):
+    """Bytes work on ``device`` can use: what is free, plus on a GPU what ComfyUI frees by unloading the models
+    it holds there (weights can leave; activations and latents cannot)."""
+    device = torch.device(device)
+    free = comfy.model_management.get_free_memory(device)
+    if device.type != "cpu":
+        free += sum(m.model_loaded_memory() for m in comfy.model_management.current_loaded_models
+                    if m.device == device and m.model is not None)
+    return free
+
+
+def require_ram(node, what, needed, hint):
+    """MemoryError "``node``: ``what`` needs N of RAM, but M is available: ``hint``." when ``needed`` bytes do not
+    fit in what is free (call it before allocating)."""
+    free = cpu_free_bytes()
+    if needed > FREE_FRACTION * free:
+        raise MemoryError(f"{node}: {what} needs {human_bytes(needed)} of RAM, but {human_bytes(free)} is available: "
+                          f"{hint}")
+
+
+def pixel_frames(latent_frames):
+    """The most pixel frames (a multiple of 17, or 1) whose latent has at most ``latent_frames`` frames."""
+    if latent_frames >= LATENTS_PER_CHUNK:
+        return latent_frames // LATENTS_PER_CHUNK * FRAMES_PER_CHUNK
+    return 1 if latent_frames >= 1 else 0
+
+
+def require_latent_fits(node, shape, stored_frames=None):
+    """MemoryError naming ``node`` unless a float32 latent of ``shape`` (B, C, T, h, w) fits in free RAM and
+    sampling it with CFG (SAMPLER_LATENT_BUFFERS[2] latent-sized buffers, activations not counted) fits on
+    the sampling device. stored_frames: latent frames kept in RAM when more than T (a long video's whole
+    clip). Call it before allocating; the message names the sizes and the most frames that would fit."""
+    batch, channels, frames, height, width = shape
+    kept = max(frames, stored_frames or 0)
+    frame_bytes = latent_bytes((batch, channels, 1, height, width))
+    device = comfy.model_management.get_torch_device()
+    checks = [(kept, 1, cpu_free_bytes(), "RAM"),
+              (frames, SAMPLER_LATENT_BUFFERS[2], available_bytes(device), f"{device} memory")]
+    for count, buffers, free, where in checks:
+        needed = count * buffers * frame_bytes
+        if needed > FREE_FRACTION * free:
+            fit = pixel_frames(int(FREE_FRACTION * free) // (buffers * frame_bytes))
+            size = f"{width * 16}x{height * 16} with batch {batch}"
+            hint = f"at {size} at most {fit} frames fit" if fit else f"not even one frame of {size} fits"
+            latent = [batch, channels, count, height, width]
+            sampling = f"sampling it takes {buffers} such buffers, " if buffers > 1 else "it needs "
+            raise MemoryError(
+                f"{node}: the latent {latent} ({size}) is {human_bytes(count * frame_bytes)}; {sampling}"
+                f"{human_bytes(needed)} of {where}, but {human_bytes(free)} is available: {hint}. Lower the frames, "
+                "the size or the batch.")
 
 
 def sequential_cond_batches(args):

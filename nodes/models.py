@@ -5,7 +5,7 @@ from ..model_loaders.comfy_model import WEIGHT_DTYPES, load_stepvideo_model
 from ..model_loaders.vae_loader import load_vae
 from ..networks.attention import BACKENDS, HOST
 from ..samplers.flow_schedule import DEFAULT_SHIFT
-from .host import CATEGORY, STEPVIDEO_FOLDER, folders, model_choices, model_path, preview_maps
+from .host import CATEGORY, require_finite, STEPVIDEO_FOLDER, folders, model_choices, model_path, preview_maps
 
 
 def preview_map_for(model_name):
@@ -53,6 +53,7 @@ class StepVideoDiTLoader:
         }}
 
     def load(self, model_name, weight_dtype, attention, shift):
+        require_finite("StepVideo DiT Loader", shift=shift)
         path = model_path("transformer", "diffusion_models", model_name, "StepVideo DiT Loader")
         return (load_stepvideo_model(path, weight_dtype=weight_dtype, attention=attention, shift=shift,
                                      preview_map=preview_map_for(model_name)),)

@@ -17,8 +17,9 @@ from ..media.frames import cover_and_crop
 from ..networks.dit import DEFAULT_MOTION_SCORE
 from ..samplers import modes
 from ..samplers.flow_schedule import DEFAULT_SHIFT
-from ..samplers.video_geometry import FRAMES_PER_CHUNK, snap_frames, snap_size
-from .host import CATEGORY, video_samples
+from ..samplers.video_geometry import FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, snap_frames, snap_size
+from .host import CATEGORY, require_finite, video_samples
+from .memory import require_latent_fits
 from .vae import VAE_TYPE, encode_images
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,15 @@ MODES = CATEGORY + "/modes"
 def _chunks_for(frames):
     """Whole 17-frame chunks for a pixel frame count (at least one)."""
     return max(1, snap_frames(frames) // FRAMES_PER_CHUNK)
+
+
+def _latent_channels(vae):
+    return vae.vae.config.decoder.z_channels
+
+
+def _require_window_fits(node, clip, chunks):
+    """require_latent_fits for a window of at most ``chunks`` 17-frame chunks at ``clip``'s size and batch."""
+    require_latent_fits(node, (clip.shape[0], clip.shape[1], chunks * LATENTS_PER_CHUNK, *clip.shape[3:]))
 
 
 def window_latent(window):
@@ -70,7 +80,10 @@ class StepVideoImageToVideo:
         }}
 
     def build(self, model, vae, positive, negative, image, width, height, frames, motion_score, batch_size):
+        require_finite("StepVideo Image To Video", motion_score=motion_score)
         width, height, chunks = snap_size(width), snap_size(height), _chunks_for(frames)
+        require_latent_fits("StepVideo Image To Video", (batch_size, _latent_channels(vae),
+                                                         chunks * LATENTS_PER_CHUNK, height // 16, width // 16))
         image_latent = encode_images(vae, cover_and_crop(image[:1], width, height))  # (1, C, 1, h, w)
         image_latent = image_latent.repeat(batch_size, 1, 1, 1, 1)
         if model.model.diffusion_model.config.image_condition:
@@ -109,8 +122,9 @@ class StepVideoExtendVideo:
         }}
 
     def build(self, clip, new_frames, overlap_chunks, direction):
-        window = modes.extension_window(video_samples(clip, "StepVideo Extend Video (clip)"), _chunks_for(new_frames),
-                                        overlap_chunks, direction)
+        samples = video_samples(clip, "StepVideo Extend Video (clip)")
+        _require_window_fits("StepVideo Extend Video", samples, _chunks_for(new_frames) + overlap_chunks)
+        window = modes.extension_window(samples, _chunks_for(new_frames), overlap_chunks, direction)
         return (window_latent(window),)
 
 
@@ -131,9 +145,10 @@ class StepVideoBridgeClips:
         }}
 
     def build(self, clip_a, clip_b, new_frames, overlap_chunks):
-        window = modes.bridge_window(video_samples(clip_a, "StepVideo Bridge Clips (clip_a)"),
-                                     video_samples(clip_b, "StepVideo Bridge Clips (clip_b)"), _chunks_for(new_frames),
-                                     overlap_chunks)
+        clip_a = video_samples(clip_a, "StepVideo Bridge Clips (clip_a)")
+        clip_b = video_samples(clip_b, "StepVideo Bridge Clips (clip_b)")
+        _require_window_fits("StepVideo Bridge Clips", clip_a, _chunks_for(new_frames) + 2 * overlap_chunks)
+        window = modes.bridge_window(clip_a, clip_b, _chunks_for(new_frames), overlap_chunks)
         return (window_latent(window),)
 
 
@@ -159,9 +174,12 @@ class StepVideoKeyframes:
 
     def build(self, vae, first_image, last_image, width, height, frames):
         width, height = snap_size(width), snap_size(height)
+        chunks = _chunks_for(frames - 1)
+        require_latent_fits("StepVideo Keyframes", (1, _latent_channels(vae), chunks * LATENTS_PER_CHUNK + 1,
+                                                    height // 16, width // 16))
         first = encode_images(vae, cover_and_crop(first_image[:1], width, height))
         last = encode_images(vae, cover_and_crop(last_image[-1:], width, height))
-        return (window_latent(modes.keyframe_window(first, last, _chunks_for(frames - 1))),)
+        return (window_latent(modes.keyframe_window(first, last, chunks)),)
 
 
 class StepVideoJoinWindow:
@@ -198,7 +216,8 @@ class StepVideoSDEdit:
     def INPUT_TYPES(cls):
         return {"required": {
             "vae": (VAE_TYPE,),
-            "images": ("IMAGE", {"tooltip": "The clip (frames snap down to a multiple of 17) or one image."}),
+            "images": ("IMAGE", {"tooltip": "The clip (frames snap down to a multiple of 17) or one image. Sides "
+                                            "are centre-cropped to multiples of 16 (1080 -> 1072)."}),
             "strength": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.01,
                                    "tooltip": "Noise level to start from: 0 keeps the input, 1 ignores it."}),
             "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1,
@@ -206,6 +225,7 @@ class StepVideoSDEdit:
         }}
 
     def build(self, vae, images, strength, shift):
+        require_finite("StepVideo SDEdit", strength=strength, shift=shift)
         frames = snap_frames(images.shape[0])
         if frames != images.shape[0]:
             log.warning("StepVideo SDEdit: %d frames snapped down to %d (multiples of 17)", images.shape[0], frames)

@@ -10,15 +10,25 @@ import comfy.samplers
 import latent_preview
 
 from ..model_loaders.comfy_model import CHUNK_OPTION
-from ..model_loaders.memory import describe_estimate, run_estimate
+from ..model_loaders.memory import describe_estimate, human_bytes, run_estimate
 from ..samplers.flow_euler import guidance_at, sample_flow_euler
 from ..samplers.flow_schedule import DEFAULT_SHIFT, partial_noise_levels
 from ..samplers.modes import chain_windows, long_video_plan
 from ..samplers.video_geometry import (FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, latent_frames, snap_frames, snap_size,
                                       snapping_note)
-from .host import CATEGORY, LatentCheckpoint, Progress, check_interrupt, video_samples
+from .host import (CATEGORY, LatentCheckpoint, Progress, check_interrupt, require_finite, require_finite_tensor,
+                   video_samples)
+from .memory import FREE_FRACTION, available_bytes, require_latent_fits
 
 log = logging.getLogger(__name__)
+
+
+SEED_RANGE = 1 << 64  # the host's seed widgets: 0 .. 2^64 - 1
+
+
+def window_seed(seed, index):
+    """The seed of window ``index`` of a run seeded ``seed``: seed + index, kept in the host's seed range."""
+    return (seed + index) % SEED_RANGE
 
 
 class OfficialEulerSampler(comfy.samplers.Sampler):
@@ -44,6 +54,11 @@ class OfficialEulerSampler(comfy.samplers.Sampler):
             return (x - denoised) / sigma
 
         def on_step(i, x, denoised):
+            if not bool(torch.isfinite(denoised).all()):
+                raise FloatingPointError(
+                    f"StepVideo sampling: the model's prediction at step {i + 1} of {total} (noise level "
+                    f"{float(sigmas[i]):.4f}) holds NaN or infinite values; stopped there. Check the weights "
+                    "(a damaged file, or fp16 overflow: use bf16) and the conditioning.")
             if callback is not None:
                 callback(i, denoised, x, total)
 
@@ -77,8 +92,9 @@ CFG_STOP_SIGMA_INPUT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step"
 
 
 def check_memory(model, samples, cfg):
-    """Estimate peak memory for sampling ``samples``; log it, and refuse clearly when activations alone
-    cannot fit the device (weights can be streamed, activations cannot). Returns the report line."""
+    """Estimate peak memory for sampling ``samples``; log it, and refuse clearly when the working memory
+    (activations and the latent-sized buffers; weights can be streamed, these cannot) does not fit in what
+    is available on the device now. Returns the report line."""
     diffusion = model.model.diffusion_model
     device = model.load_device
     chunk = model.model_options.get("transformer_options", {}).get(CHUNK_OPTION) or diffusion.chunk_tokens
@@ -88,11 +104,13 @@ def check_memory(model, samples, cfg):
                             compute_dtype=model.model.manual_cast_dtype or model.model.get_dtype(),
                             cfg_passes=2 if cfg != 1.0 else 1, cfg_batched=batched, chunk_tokens=chunk)
     total = comfy.model_management.get_total_memory(device)
-    report = "Step-Video memory estimate: " + describe_estimate(estimate, total)
+    available = available_bytes(device)
+    report = "Step-Video memory estimate: " + describe_estimate(estimate, total, available)
     log.info(report)
-    if estimate["activations"] > 0.95 * total:
+    if estimate["working"] > FREE_FRACTION * available:
         raise MemoryError(
-            f"{report}. The activations alone do not fit on {device}: lower the resolution or frames, or add "
+            f"{report}. The activations and latent buffers ({human_bytes(estimate['working'])}) do not fit in the "
+            f"{human_bytes(available)} available on {device}: lower the resolution, frames or batch, or add "
             "StepVideo Memory Options (token chunking, sequential CFG) before the sampler.")
     return report
 
@@ -107,6 +125,8 @@ def run_official_sampler(model, positive, negative, latent, seed, steps, cfg, sh
     noise: a given noise tensor of the latent's shape instead of the seeded one.
     """
     samples = comfy.sample.fix_empty_latent_channels(model, video_samples(latent, "StepVideo Sampler (latent)"))
+    require_finite("StepVideo Sampler", cfg=cfg, shift=shift, denoise=denoise, cfg_stop_sigma=cfg_stop_sigma)
+    require_finite_tensor("StepVideo Sampler (latent)", samples)
     sigmas = partial_noise_levels(steps, shift, denoise)
     if len(sigmas) == 0:
         return latent
@@ -176,6 +196,7 @@ class StepVideoScheduler:
         }}
 
     def schedule(self, steps, shift, denoise):
+        require_finite("StepVideo Scheduler", shift=shift, denoise=denoise)
         return (partial_noise_levels(steps, shift, denoise),)
 
 
@@ -201,6 +222,7 @@ class StepVideoEmptyLatent:
 
     def generate(self, width, height, frames, batch_size):
         shape = (batch_size, 64, latent_frames(snap_frames(frames)), snap_size(height) // 16, snap_size(width) // 16)
+        require_latent_fits("StepVideo Empty Latent", shape)
         return ({"samples": torch.zeros(shape, device=comfy.model_management.intermediate_device())},)
 
 
@@ -229,7 +251,7 @@ class StepVideoLongVideo:
                 "overlap_chunks": ("INT", {"default": 1, "min": 1, "max": 11,
                                            "tooltip": "Known 17-frame chunks carried into each next window."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Window i uses seed + i."}),
+                                 "tooltip": "Window i uses seed + i (wrapping round past 2^64 - 1)."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 500}),
                 "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.1}),
                 "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 1.0, "max": 100.0, "step": 0.1}),
@@ -241,12 +263,16 @@ class StepVideoLongVideo:
 
     def generate(self, model, positive, negative, width, height, total_frames, window_frames, overlap_chunks, seed,
                  steps, cfg, shift, cfg_stop_sigma=0.0, start_clip=None, prompt=None, extra_pnginfo=None):
+        require_finite("StepVideo Long Video", cfg=cfg, shift=shift, cfg_stop_sigma=cfg_stop_sigma)
         start = None if start_clip is None else video_samples(start_clip, "StepVideo Long Video (start_clip)")
         plan = long_video_plan(snap_frames(total_frames) // FRAMES_PER_CHUNK,
                                max(2, snap_frames(window_frames) // FRAMES_PER_CHUNK), overlap_chunks,
                                None if start is None else start.shape[2] // LATENTS_PER_CHUNK)
         grid = (snap_size(height) // 16, snap_size(width) // 16)
-        window = torch.zeros(1, 1, max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks, *grid)
+        window_latents = max(plan) * LATENTS_PER_CHUNK + 3 * overlap_chunks
+        clip_latents = sum(plan) * LATENTS_PER_CHUNK + (0 if start is None else start.shape[2])
+        require_latent_fits("StepVideo Long Video", (1, 64, window_latents, *grid), stored_frames=clip_latents)
+        window = torch.zeros(1, 1, window_latents, *grid)
         report = check_memory(model, window, cfg)
         bar = Progress(len(plan) * steps)
         saver = LatentCheckpoint("long_video", prompt, extra_pnginfo)
@@ -255,8 +281,8 @@ class StepVideoLongVideo:
         def sample_window(samples, mask, index):
             latent = {"samples": samples} if mask is None else {"samples": samples, "noise_mask": mask}
             on_step = lambda step, x0, x, total: bar(index * steps + step + 1)  # noqa: E731
-            sampled = run_official_sampler(model, positive, negative, latent, seed + index, steps, cfg, shift, 1.0,
-                                           on_step, cfg_stop_sigma)["samples"]
+            sampled = run_official_sampler(model, positive, negative, latent, window_seed(seed, index), steps, cfg,
+                                           shift, 1.0, on_step, cfg_stop_sigma)["samples"]
             return sampled.to(samples.device)
 
         def save(clip):

@@ -8,6 +8,7 @@ import comfy.model_management
 import folder_paths
 
 from ..model_loaders.conditioning import to_conditioning
+from ..model_loaders.embedding_cache import DEFAULT_LIMIT_MB
 from ..model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts
 from .host import CATEGORY, Progress, model_choices, model_path
 
@@ -59,9 +60,13 @@ class StepVideoTextEncoderLoader:
             "cache": ("BOOLEAN", {"default": True,
                       "tooltip": "Disk cache of embeddings (ComfyUI/user/stepvideo/embeddings): a repeated prompt "
                                  "never loads the encoders."}),
+        }, "optional": {
+            "cache_limit_mb": ("INT", {"default": DEFAULT_LIMIT_MB, "min": 1, "max": 1 << 20,
+                               "tooltip": "Size limit of the embedding cache folder; beyond it the least recently "
+                                          "used prompts are deleted (about 4 MB per prompt with the real encoders)."}),
         }}
 
-    def load(self, step_llm, hunyuan_clip, device, offload, llm_weight_dtype, cache):
+    def load(self, step_llm, hunyuan_clip, device, offload, llm_weight_dtype, cache, cache_limit_mb=DEFAULT_LIMIT_MB):
         llm_path = model_path("step_llm", "text_encoders", step_llm, "StepVideo Text Encoder Loader (step_llm)")
         clip_path = model_path("hunyuan_clip", "text_encoders", hunyuan_clip,
                                "StepVideo Text Encoder Loader (hunyuan_clip)")
@@ -73,7 +78,8 @@ class StepVideoTextEncoderLoader:
             run_on = torch.device("cpu")
         encoder = StepVideoTextEncoder(llm_path, clip_path, cache_dir=embedding_cache_dir() if cache else None,
                                        device=run_on, offload=offload and run_on.type != "cpu",
-                                       llm_weight_dtype=LLM_WEIGHT_DTYPES[llm_weight_dtype])
+                                       llm_weight_dtype=LLM_WEIGHT_DTYPES[llm_weight_dtype],
+                                       cache_limit_mb=cache_limit_mb)
         return (encoder,)
 
 

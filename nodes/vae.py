@@ -5,21 +5,26 @@ ComfyUI's VAE object. It is wrapped in a ModelPatcher so ComfyUI's memory manage
 for it (e.g. unload the DiT) before a decode, exactly as for its own VAEs.
 """
 
+import logging
+
 import torch
 
 import comfy.model_management
 import comfy.model_patcher
 
-from ..media.frames import images_to_video, video_to_images
+from ..media.frames import crop_to_multiple, images_to_video, video_to_images
 from ..model_loaders.vae_loader import load_vae
 from ..networks.vae_tiling import DEFAULT_OVERLAP_PX, decode_bytes_per_px, encode_bytes_per_px
 from ..samplers.video_geometry import to_comfy, to_official
 from ..samplers.video_geometry import snap_frames
 from .host import CATEGORY, Progress, model_choices, model_path, preview_maps, video_samples
+from .memory import require_ram
 
+log = logging.getLogger(__name__)
 VAE_TYPE = "STEPVIDEO_VAE"
 VAE_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TILING = ("auto", "off", "on")
+DECODE_OUTPUT_COPIES = 3  # the decoded video and the two float32 copies video_to_images makes of it
 
 
 class StepVideoVAE:
@@ -52,6 +57,11 @@ def decode_latent(handle, samples, tiling="auto", tile_px=512, overlap_px=DEFAUL
     config = handle.vae.config
     tile = tile_choice(tiling, tile_px)
     height, width = samples.shape[-2] * config.spatial_factor, samples.shape[-1] * config.spatial_factor
+    frames = config.decoded_frames(samples.shape[2])
+    output = samples.shape[0] * frames * height * width * 3 * 4
+    require_ram("StepVideo VAE Decode", f"decoding {list(samples.shape)} to {samples.shape[0]} x {frames} frames of "
+                f"{width}x{height}", DECODE_OUTPUT_COPIES * output,
+                "decode a smaller latent (a saved LATENT can be decoded later where there is more memory).")
     element = torch.empty((), dtype=handle.vae.dtype).element_size()
     budget = decode_bytes_per_px(config.decoder, element, config.latent_len) * \
         _tile_side(tile, height) * _tile_side(tile, width)
@@ -64,13 +74,19 @@ def decode_latent(handle, samples, tiling="auto", tile_px=512, overlap_px=DEFAUL
 
 def encode_images(handle, images, tiling="auto", tile_px=512, overlap_px=DEFAULT_OVERLAP_PX, generator=None,
                   sample=False):
-    """IMAGE (N, H, W, 3) -> LATENT samples (1, C, T', h, w); N snapped to a multiple of 17 (or 1).
+    """IMAGE (N, H, W, 3) -> LATENT samples (1, C, T', h, w); N snapped to a multiple of 17 (or 1), sides
+    centre-cropped to multiples of the VAE's 16 (1920x1080 -> 1920x1072).
 
     sample=False returns the posterior mean (deterministic); True draws the official posterior sample.
     """
     config = handle.vae.config
     frames = snap_frames(images.shape[0])
-    video = images_to_video(images[:frames])
+    factor = config.spatial_factor
+    cropped = crop_to_multiple(images[:frames], factor)
+    if cropped.shape[1:3] != images.shape[1:3]:
+        log.info("StepVideo VAE: frames of %dx%d centre-cropped to %dx%d (multiples of %d)", images.shape[2],
+                 images.shape[1], cropped.shape[2], cropped.shape[1], factor)
+    video = images_to_video(cropped)
     tile = tile_choice(tiling, tile_px)
     height, width = video.shape[-2], video.shape[-1]
     element = torch.empty((), dtype=handle.vae.dtype).element_size()
@@ -144,7 +160,8 @@ class StepVideoVAEDecode:
 class StepVideoVAEEncode:
     DISPLAY_NAME = "StepVideo VAE Encode"
     DESCRIPTION = ("IMAGE frames -> LATENT (17 frames -> 3 latent frames; one image -> 1 latent frame). Frames snap "
-                   "down to a multiple of 17, width/height must be multiples of 16.")
+                   "down to a multiple of 17; width and height are centre-cropped to multiples of 16 (1920x1080 -> "
+                   "1920x1072), losing at most 15 pixels.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "encode"

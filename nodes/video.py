@@ -6,8 +6,10 @@ import torch
 
 import folder_paths
 
-from ..media.mp4 import read_mp4_frames, write_mp4
-from .host import CATEGORY, save_metadata
+from ..media.mp4 import open_video, write_mp4
+from ..model_loaders.memory import human_bytes
+from .host import CATEGORY, require_finite, save_metadata
+from .memory import FREE_FRACTION, cpu_free_bytes
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".gif")
 
@@ -42,6 +44,7 @@ class StepVideoSaveVideo:
         }
 
     def save(self, images, fps, crf, filename_prefix, prompt=None, extra_pnginfo=None):
+        require_finite("StepVideo Save Video", fps=fps)
         height, width = images.shape[1], images.shape[2]
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), width, height)
@@ -56,7 +59,8 @@ class StepVideoSaveVideo:
 class StepVideoLoadVideo:
     DISPLAY_NAME = "StepVideo Load Video"
     DESCRIPTION = ("Reads a video file from ComfyUI's input folder as IMAGE frames (through the ffmpeg of "
-                   "imageio-ffmpeg), for video extension, SDEdit and bridging.")
+                   "imageio-ffmpeg), for video extension, SDEdit and bridging. Only the frames asked for are "
+                   "decoded, streamed; a clip that would not fit in free RAM is refused before decoding.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "FLOAT")
     RETURN_NAMES = ("images", "fps")
@@ -67,7 +71,8 @@ class StepVideoLoadVideo:
         files = sorted(f for f in os.listdir(folder_paths.get_input_directory()) if f.lower().endswith(VIDEO_SUFFIXES))
         return {"required": {
             "video": (files or ["(put a video into ComfyUI/input)"],),
-            "skip_frames": ("INT", {"default": 0, "min": 0, "max": 100000}),
+            "skip_frames": ("INT", {"default": 0, "min": 0, "max": 100000,
+                                    "tooltip": "Frames to skip at the start (ffmpeg skips them, nothing is kept)."}),
             "frame_limit": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0 = all frames."}),
         }}
 
@@ -80,8 +85,32 @@ class StepVideoLoadVideo:
         path = folder_paths.get_annotated_filepath(video)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"StepVideo Load Video: {path} does not exist (put the file into ComfyUI/input).")
-        frames, fps = read_mp4_frames(path)
-        frames = frames[skip_frames:skip_frames + frame_limit if frame_limit else None]
-        if len(frames) == 0:
+        info, frames = open_video(path, skip_frames, frame_limit)
+        width, height = info["width"], info["height"]
+        per_frame = width * height * 3 * 5  # the float32 IMAGE frame and the uint8 frame it is made from
+        fit = int(cpu_free_bytes() * FREE_FRACTION) // per_frame
+        left = None if info["frames"] is None else max(0, info["frames"] - skip_frames)  # the container's estimate
+        bounds = [n for n in (frame_limit or None, left) if n is not None]
+        wanted = min(bounds) if bounds else None
+
+        def refuse(count):
+            frames.close()
+            return MemoryError(
+                f"StepVideo Load Video: {video}: {count:,} frames of {width}x{height} need "
+                f"{human_bytes(count * per_frame)} of RAM, but {human_bytes(cpu_free_bytes())} is available: at most "
+                f"{fit:,} frames fit; set frame_limit (and skip_frames) to load a part of the clip.")
+
+        if wanted is not None and wanted > fit:
+            raise refuse(wanted)
+        decoded = []
+        for frame in frames:
+            if len(decoded) == fit:
+                raise refuse(len(decoded) + 1)
+            decoded.append(frame)
+        if not decoded:
             raise ValueError(f"StepVideo Load Video: no frames left in {path} after skipping {skip_frames}.")
-        return (torch.from_numpy(frames.copy()).float() / 255.0, float(fps or 25.0))
+        images = torch.empty((len(decoded), height, width, 3), dtype=torch.float32)
+        for i in range(len(decoded)):
+            images[i] = torch.from_numpy(decoded[i].copy()).float() / 255.0
+            decoded[i] = None  # keep the peak at the output plus one decoded frame
+        return (images, float(info["fps"] or 25.0))

@@ -40,10 +40,9 @@ def _sample_window(graph, dit, cond, vae, window, name):
     _save(graph, vae, joined[0], name)
 
 
-def _save(graph, vae, latent, prefix, save_latent=True):
+def _save(graph, vae, latent, prefix):
     """SaveLatent first (a failed decode never loses the sampling run), then decode and save the MP4."""
-    if save_latent:
-        graph.add("SaveLatent", samples=latent, filename_prefix=f"StepVideo/{prefix}")
+    graph.add("SaveLatent", samples=latent, filename_prefix=f"StepVideo/{prefix}")
     frames = graph.add("StepVideoVAEDecode", vae=vae[0], samples=latent)
     graph.add("StepVideoSaveVideo", images=frames[0], filename_prefix=f"StepVideo/{prefix}")
     return frames
@@ -84,6 +83,7 @@ def text_to_image():
     cond = _encode(g, text)
     empty = g.add("StepVideoEmptyLatent", width=992, height=544, frames=1, batch_size=1)
     latent = _sample(g, dit, cond, empty[0])
+    g.add("SaveLatent", samples=latent[0], filename_prefix="StepVideo/text_to_image")
     image = g.add("StepVideoVAEDecode", vae=vae[0], samples=latent[0])
     g.add("SaveImage", images=image[0], filename_prefix="StepVideo/text_to_image")
     return g
@@ -174,7 +174,7 @@ def sdedit_video():
     edit = g.add("StepVideoSDEdit", vae=vae[0], images=clip[0], strength=0.6, shift=13.0)
     cond = _encode(g, text, PROMPT_ZH)
     sampled = _sample(g, dit, cond, edit[0], denoise=edit[1])
-    _save(g, vae, sampled[0], "sdedit_video", save_latent=False)
+    _save(g, vae, sampled[0], "sdedit_video")
     return g
 
 

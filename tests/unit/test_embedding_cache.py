@@ -203,3 +203,65 @@ def test_encoding_reports_progress_per_layer_and_not_on_a_cache_hit(model_root, 
     calls.clear()
     encoder.encode(["a red circle"], on_progress=lambda done, total: calls.append((done, total)))
     assert calls == []
+
+
+def rewrite_entry(path, change):
+    """Rewrite a cache file keeping its key (metadata) with ``change(tensors)`` applied."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v.contiguous() for k, v in change(tensors).items()}, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda t: {**t, "llm_states": t["llm_states"][:, :128]}, "llm_states is (320, 128) torch.bfloat16, expected "
+                                                              "(320, 256) torch.bfloat16"),
+    (lambda t: {**t, "clip_states": t["clip_states"].float()}, "clip_states is (77, 64) torch.float32, expected "
+                                                              "(77, 64) torch.bfloat16"),
+    (lambda t: {**t, "llm_mask": t["llm_mask"].int()}, "llm_mask is (320,) torch.int32"),
+    (lambda t: {k: v for k, v in t.items() if k != "clip_states"}, "no 'clip_states'"),
+])
+def test_an_entry_that_does_not_fit_the_encoders_is_recomputed_and_named(model_root, tmp_path, caplog, change,
+                                                                          problem):
+    cache_dir = tmp_path / "cache"
+    reference = make_encoder(model_root, cache_dir=str(cache_dir)).encode(["a cat"])
+    (entry,) = os.listdir(cache_dir)
+    rewrite_entry(cache_dir / entry, change)
+    with caplog.at_level(logging.WARNING):
+        again = make_encoder(model_root, cache_dir=str(cache_dir)).encode(["a cat"])
+    assert f"{cache_dir / entry} does not fit the encoders" in caplog.text and problem in caplog.text
+    for name in ("llm_states", "clip_states", "mask"):
+        assert torch.equal(getattr(again, name), getattr(reference, name)), name
+    assert again.clip_states.dtype == torch.bfloat16
+
+
+def test_a_prompt_with_a_lone_surrogate_is_encoded_and_cached(model_root, tmp_path, caplog, monkeypatch):
+    cache_dir = str(tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        out = make_encoder(model_root, cache_dir=cache_dir).encode(["a cat \ud800 on a mat"])
+    assert "1 lone surrogate" in caplog.text
+    replaced = make_encoder(model_root).encode(["a cat \ufffd on a mat"])
+    assert torch.equal(out.llm_states, replaced.llm_states)
+    forbid_loading(monkeypatch)  # cached under the cleaned text
+    make_encoder(model_root, cache_dir=cache_dir).encode(["a cat \udfff on a mat"])
+
+
+def test_the_cache_keeps_its_size_limit_evicting_the_least_recently_used(model_root, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    encoder = make_encoder(model_root, cache_dir=str(cache_dir), keep_loaded=True)
+    encoder.encode(["first"])
+    (entry,) = os.listdir(cache_dir)
+    size = os.path.getsize(cache_dir / entry)
+    encoder.cache.limit_bytes = 3 * size  # three prompts fit
+    for prompt in ("second", "third"):
+        encoder.encode([prompt])
+    paths = {p: encoder.cache.path_for(encoder.cache_key(p)) for p in ("first", "second", "third", "fourth")}
+    past = os.stat(paths["third"]).st_mtime_ns - 10 ** 9
+    for age, prompt in enumerate(("first", "second", "third")):  # distinct times, oldest first
+        os.utime(paths[prompt], ns=(past + age, past + age))
+    encoder.encode(["first"])  # a hit makes "first" the most recently used
+    encoder.encode(["fourth"])
+    assert sorted(os.listdir(cache_dir)) == sorted(os.path.basename(paths[p]) for p in ("first", "third", "fourth"))
+    assert sum(os.path.getsize(cache_dir / name) for name in os.listdir(cache_dir)) <= 3 * size
