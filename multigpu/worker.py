@@ -5,7 +5,7 @@ authentication key in $STEPVIDEO_WORKER_KEY). It connects back to the coordinato
 process) over a multiprocessing connection, joins the torch.distributed group of the workers, loads
 its copy of the DiT and then serves requests (pickled tuples):
 
-    ("load", spec)       spec: path, weight_dtype, compute_dtype, attention -> ("ready",)
+    ("load", spec)       spec: path, weight_dtype, compute_dtype, attention, shard_weights -> ("ready",)
     ("forward", inputs)  the official forward's keyword arguments -> ("result", out) from rank 0,
                          ("done",) from the others, ("interrupted",) when stopped part-way
     ("interrupt",)       read by a side thread at any time: every rank stops at the same block
@@ -85,6 +85,7 @@ def serve(args, conn):
 
     from stepvideo_pack.model_loaders.dit_loader import load_dit
     from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward
+    from stepvideo_pack.multigpu.sharding import shard_blocks
     from stepvideo_pack.networks.attention import resolve_backend
 
     device = torch.device(args.device)
@@ -105,8 +106,11 @@ def serve(args, conn):
         try:
             if message[0] == "load":
                 spec = message[1]
+                shard = spec.get("shard_weights", False)
                 dit = load_dit(spec["path"], weight_dtype=spec["weight_dtype"], compute_dtype=spec["compute_dtype"],
-                               device=device)
+                               device="cpu" if shard else device)
+                if shard:
+                    shard_blocks(dit, device)
                 dit.attention_backend = resolve_backend(spec["attention"])[0]
                 send(conn, ("ready",))
             elif message[0] == "forward":

@@ -32,12 +32,18 @@ class StepVideoMultiGPU:
             "devices": ("STRING", {"default": "auto",
                                    "tooltip": "auto = cuda:0..N-1 (CPU ranks when there is no GPU), cpu, or a "
                                               "list such as cuda:0,cuda:1,cuda:2,cuda:3 (one per rank)."}),
+            "shard_weights": ("BOOLEAN", {"default": False,
+                                          "tooltip": "Split the 48 blocks' weights over the ranks (FSDP2): each GPU "
+                                                     "holds 1/N of them and gathers a block just before it runs. "
+                                                     "For GPUs that cannot hold the whole DiT (60 GB in bf16). Each "
+                                                     "worker still reads the whole file into RAM while loading."}),
         }}
 
-    def apply(self, model, sequence_degree, cfg_degree, devices):
+    def apply(self, model, sequence_degree, cfg_degree, devices, shard_weights):
         world = sequence_degree * cfg_degree
         cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         spec = worker_spec(model)  # before starting anything: a MODEL the workers cannot load is an input error
+        spec["shard_weights"] = shard_weights
         pool = WorkerPool(spec, cfg_degree, sequence_degree, parse_devices(devices, world, cuda))
         pool.start()
         return (multigpu_model(model, pool),)

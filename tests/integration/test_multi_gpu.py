@@ -55,7 +55,8 @@ def host(tmp_path_factory, integration_artifacts_dir):
     server.stop()
 
 
-def prompt(sampler="StepVideoSampler", sequence=None, cfg_degree=1, steps=3, seed=7, size=(WIDTH, HEIGHT, 17)):
+def prompt(sampler="StepVideoSampler", sequence=None, cfg_degree=1, steps=3, seed=7, size=(WIDTH, HEIGHT, 17),
+           shard=False):
     """Encode, (StepVideo Multi-GPU), sample the embedded model (96x64x17) with CFG 4, save the LATENT."""
     graph = {
         "1": {"class_type": "StepVideoDiTLoader", "inputs": {"model_name": EMBEDDED, "weight_dtype": "default (bf16)",
@@ -72,7 +73,8 @@ def prompt(sampler="StepVideoSampler", sequence=None, cfg_degree=1, steps=3, see
     model = ["1", 0]
     if sequence is not None:
         graph["7"] = {"class_type": "StepVideoMultiGPU", "inputs": {
-            "model": model, "sequence_degree": sequence, "cfg_degree": cfg_degree, "devices": "cpu"}}
+            "model": model, "sequence_degree": sequence, "cfg_degree": cfg_degree, "devices": "cpu",
+            "shard_weights": shard}}
         model = ["7", 0]
     if sampler == "StepVideoSampler":
         graph["5"] = {"class_type": "StepVideoSampler", "inputs": {
@@ -91,11 +93,13 @@ def latent_of(client, graph):
     return load(client.fetch_output(latent_file))["latent_tensor"].float()
 
 
-@pytest.mark.parametrize("sampler, sequence, cfg_degree", [("StepVideoSampler", 2, 1), ("KSampler", 1, 2)])
-def test_two_workers_give_the_one_process_latent(host, sampler, sequence, cfg_degree):
+@pytest.mark.parametrize("sampler, sequence, cfg_degree, shard", [("StepVideoSampler", 2, 1, False),
+                                                                  ("KSampler", 1, 2, False),
+                                                                  ("StepVideoSampler", 2, 1, True)])
+def test_two_workers_give_the_one_process_latent(host, sampler, sequence, cfg_degree, shard):
     reference = latent_of(host.client, prompt(sampler))
     other_seed = latent_of(host.client, prompt(sampler, seed=8))
-    parallel = latent_of(host.client, prompt(sampler, sequence, cfg_degree))
+    parallel = latent_of(host.client, prompt(sampler, sequence, cfg_degree, shard=shard))
     assert len(worker_pids(host.proc.pid)) == 2
     assert parallel.shape == reference.shape
     error = (parallel - reference).abs().max().item()

@@ -1,7 +1,7 @@
 """Sequence/CFG-parallel DiT (multigpu/sequence_parallel.py) on gloo with spawned CPU processes.
 
 Every DiT case of the parity fixtures and the sampling fixture run at world size 2 and 4 under each
-(cfg, sequence) layout; each result must match the official output within the fixture's tolerance and
+(cfg, sequence) layout, with whole and with FSDP2-sharded blocks; each result must match the official output within the fixture's tolerance and
 our single-process result within the same (float32) bound.
 """
 
@@ -22,12 +22,14 @@ import_pack()
 from stepvideo_pack.model_loaders.dit_loader import load_dit  # noqa: E402
 from stepvideo_pack.multigpu.cfg_sampling import sample_cfg  # noqa: E402
 from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward  # noqa: E402
+from stepvideo_pack.multigpu.sharding import resident_parameter_bytes, shard_blocks  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "parity")
 DIT_FIXTURES = ("dit_t2v_tiny", "dit_ti2v_tiny")
 SAMPLE_FIXTURE = "sample_t2v_tiny"
-# world size -> (cfg degree, sequence degree, chunk_tokens): chunked blocks exchange the same way
-LAYOUTS = {2: [(1, 2, None), (2, 1, None), (1, 2, 7)], 4: [(1, 4, None), (2, 2, None), (4, 1, None)]}
+# world size -> (cfg degree, sequence degree, chunk_tokens, blocks sharded with FSDP2)
+LAYOUTS = {2: [(1, 2, None, False), (2, 1, None, False), (1, 2, 7, False), (1, 2, None, True)],
+           4: [(1, 4, None, False), (2, 2, None, False), (4, 1, None, False), (2, 2, None, True)]}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -40,7 +42,7 @@ def cases():
             yield name, manifest, case
 
 
-def run_case(name, manifest, case, forward_of):
+def run_case(name, manifest, case, forward_of, shard=False):
     """The case's outputs {name: tensor} with ``forward_of(dit)`` as the DiT call (parallel or not)."""
     folder = os.path.join(FIXTURES, name)
     data = load_file(os.path.join(folder, "data.safetensors"))
@@ -48,6 +50,10 @@ def run_case(name, manifest, case, forward_of):
     inputs = {k: (data[v].to(dtype) if isinstance(v, str) and data[v].is_floating_point() else
                   data[v] if isinstance(v, str) else v) for k, v in case["inputs"].items()}
     dit = load_dit(os.path.join(folder, manifest["checkpoint"]), weight_dtype=dtype)
+    if shard:
+        full = resident_parameter_bytes(dit)
+        shard_blocks(dit, "cpu")
+        assert resident_parameter_bytes(dit) < 0.75 * full  # the blocks are split (tiny DiT: most bytes are in them)
     forward = forward_of(dit)
     if case["op"] == "sample":
         text = {k: inputs[k] for k in ("encoder_hidden_states", "encoder_hidden_states_2", "encoder_attention_mask")}
@@ -68,13 +74,13 @@ def rank_main(rank, world, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         results = {}
-        for cfg, sequence, chunk in LAYOUTS[world]:
+        for cfg, sequence, chunk, shard in LAYOUTS[world]:
             layout = ParallelLayout.create(cfg, sequence)
             for name, manifest, case in cases():
                 outputs = run_case(name, manifest, case, lambda dit: lambda **kw: parallel_forward(
-                    dit, layout, chunk_tokens=chunk, **kw))
+                    dit, layout, chunk_tokens=chunk, **kw), shard)
                 for out_name, value in outputs.items():
-                    results[f"{cfg}x{sequence}/{chunk}|{name}|{case['name']}|{out_name}"] = value.float().contiguous()
+                    results[f"{cfg}x{sequence}/{chunk}/{'sharded' if shard else 'whole'}|{name}|{case['name']}|{out_name}"] = value.float().contiguous()
         if rank == 0:
             save_file(results, os.path.join(out_dir, "results.safetensors"))
     finally:
