@@ -154,16 +154,21 @@ class ComfyStepVideoDiT(StepVideoDiT):
 
     def _forward(self, x, timestep, context, pooled_output, llm_mask, motion_score, transformer_options, **kwargs):
         """x (B, C[+C_cond], T, H, W); timestep = sigma * 1000 (B,) -> (noise - data) (B, C, T, H, W)."""
+        inputs = self.official_inputs(x, timestep, context, pooled_output, llm_mask, motion_score, transformer_options)
+        return to_comfy(comfy_velocity(super().forward(**inputs, transformer_options=transformer_options)))
+
+    def official_inputs(self, x, timestep, context, pooled_output, llm_mask, motion_score, transformer_options):
+        """The host's call as keyword arguments of the official forward (StepVideoDiT.forward), without the
+        transformer_options themselves; the result (official velocity) goes back with
+        ``to_comfy(comfy_velocity(v))``."""
         channels = self.config.in_channels
-        latents = to_official(x[:, :channels])
-        condition = to_official(x[:, channels:]) if self.config.image_condition else None
-        sigma = timestep.float() / 1000.0
-        velocity = super().forward(
-            latents, timestep_from_sigma(sigma), *dit_text_inputs(context, pooled_output, llm_mask),
-            condition_hidden_states=condition,
+        llm_states, clip_states, mask = dit_text_inputs(context, pooled_output, llm_mask)
+        return dict(
+            hidden_states=to_official(x[:, :channels]), timestep=timestep_from_sigma(timestep.float() / 1000.0),
+            encoder_hidden_states=llm_states, encoder_hidden_states_2=clip_states, encoder_attention_mask=mask,
+            condition_hidden_states=to_official(x[:, channels:]) if self.config.image_condition else None,
             motion_score=DEFAULT_MOTION_SCORE if motion_score is None else float(motion_score),
-            chunk_tokens=transformer_options.get(CHUNK_OPTION), transformer_options=transformer_options)
-        return to_comfy(comfy_velocity(velocity))
+            chunk_tokens=transformer_options.get(CHUNK_OPTION))
 
 
 class StepVideoBaseModel(comfy.model_base.BaseModel):
@@ -285,6 +290,7 @@ def load_stepvideo_model(path, weight_dtype="default (bf16)", attention="comfy",
     model.diffusion_model.attention_backend = backend
     model.diffusion_model.chunk_tokens = chunk_tokens
     model.diffusion_model.clean_known = trained_clean_known(weights)
+    model.diffusion_model.weights_path = path  # the multi-GPU workers load their copies from here
     log.info("Step-Video DiT %s: %d layers, %d heads x %d, weights %s, compute %s, attention %s",
              dit_config.variant, dit_config.num_layers, dit_config.num_heads, dit_config.head_dim,
              weights.quantization if quantized else storage, manual_cast or compute, backend)

@@ -23,6 +23,7 @@ from .rope3d import apply_rope, rope_grid, rope_tables
 
 TIMESTEP_SCALE = 1000.0
 DEFAULT_MOTION_SCORE = 5.0  # the official TI2V default (image-to-video strength of motion)
+SEQUENCE_PARALLEL = "stepvideo_sequence_parallel"  # transformer_options key: see SelfAttention.forward
 SINUSOID_CHANNELS = 256
 
 
@@ -123,15 +124,22 @@ class SelfAttention(nn.Module):
 
         Chunked: q, k, v are filled slice by slice (the full modulated input and the fused qkv never
         exist at once), then each query slice attends to all keys and its output overwrites the
-        query storage it came from. ``options``: the host's per-call options, for the attention backend.
+        query storage it came from. ``options``: the host's per-call options, for the attention backend;
+        under ``options[SEQUENCE_PARALLEL]`` a sequence-parallel exchange ``parallel(q, k, v, attend)``
+        (x holds this rank's tokens; see multigpu/sequence_parallel.py) wraps the attention.
         """
+        parallel = options.get(SEQUENCE_PARALLEL) if options else None
         slices = token_slices(x.shape[1], chunk_tokens)
-        if len(slices) == 1:
+        if len(slices) == 1 and parallel is None:
             q, k, v = self._qkv(prepare(x), rope_cos, rope_sin)
             return self.wo(attention(q, k, v, backend=backend, options=options).flatten(-2))
         q, k, v = (x.new_empty(x.shape[:2] + (self.heads, self.head_dim)) for _ in range(3))
         for s in slices:
             q[:, s], k[:, s], v[:, s] = self._qkv(prepare(x[:, s]), rope_cos[s], rope_sin[s])
+        if parallel is not None:  # this rank's tokens; the sequence is split over ranks (multigpu/)
+            out = parallel(q, k, v, lambda q, k, v: map_token_slices(
+                lambda qs: attention(qs, k, v, backend=backend, options=options), q, chunk_tokens))
+            return map_token_slices(lambda o: self.wo(o.flatten(-2)), out, chunk_tokens)
         out = q.view(x.shape)
         for s in slices:
             out[:, s] = self.wo(attention(q[:, s], k, v, backend=backend, options=options).flatten(-2))
@@ -281,35 +289,51 @@ class StepVideoDiT(nn.Module):
         per-call options dict (see :meth:`run_blocks`), passed down to the attention backend.
         Returns (B, F, C_out, H, W) in the compute dtype.
         """
+        frames, height, width = hidden_states.shape[1], hidden_states.shape[3], hidden_states.shape[4]
+        x = self.embed_tokens(hidden_states, condition_hidden_states)
+        modulation, embedded, context, context_mask = self.embed_conditions(
+            timestep, motion_score, encoder_hidden_states, encoder_hidden_states_2, encoder_attention_mask, x)
+        p = self.config.patch_size
+        rope = rope_tables(rope_grid(frames, height // p, width // p, device=x.device), x.dtype)
+        x = self.run_blocks(x, modulation, context, context_mask, rope, chunk_tokens or self.chunk_tokens,
+                            {} if transformer_options is None else transformer_options)
+        return unpatchify(self.output_tokens(x, embedded), frames, height // p, width // p, p,
+                          self.config.out_channels)
+
+    def embed_tokens(self, hidden_states, condition_hidden_states=None, frames=None):
+        """Patch tokens (B, F'*h*w, D) of latent frames ``frames`` (a slice; all when None), frame-major.
+
+        hidden_states (B, F, C, H, W) (its dtype is the compute dtype); TI2V: condition_hidden_states
+        (B, F, C, H, W) concatenated on channels (zeros when None).
+        """
         cfg = self.config
         dtype = hidden_states.dtype
-        batch, frames, _, height, width = hidden_states.shape
         p = cfg.patch_size
-        if height % p or width % p:
-            raise ValueError(f"latent height/width {height}x{width} must be multiples of the patch size {p}")
-        h, w = height // p, width // p
+        if hidden_states.shape[3] % p or hidden_states.shape[4] % p:
+            raise ValueError(f"latent height/width {hidden_states.shape[3]}x{hidden_states.shape[4]} must be "
+                             f"multiples of the patch size {p}")
+        if frames is not None:
+            hidden_states = hidden_states[:, frames]
+            condition_hidden_states = None if condition_hidden_states is None else condition_hidden_states[:, frames]
         x = hidden_states
         if cfg.image_condition:
-            if condition_hidden_states is None:
-                condition_hidden_states = torch.zeros_like(hidden_states)
-            x = torch.cat([x, condition_hidden_states.to(dtype)], dim=2)
-        x = self.pos_embed(x.flatten(0, 1)).to(dtype).reshape(batch, frames * h * w, -1)
+            condition = torch.zeros_like(x) if condition_hidden_states is None else condition_hidden_states.to(dtype)
+            x = torch.cat([x, condition], dim=2)
+        return self.pos_embed(x.flatten(0, 1)).to(dtype).reshape(x.shape[0], -1, cfg.hidden_size)
 
+    def embed_conditions(self, timestep, motion_score, llm_states, clip_states, mask, x):
+        """(block modulation (B, 6D), timestep embedding (B, D), context (B, Lc, D), context mask (B, 1, 1, Lc))
+        for tokens x (B, l, D) (their dtype and device); timestep (B,) or a scalar, rounded to the compute dtype."""
+        batch, dtype = x.shape[0], x.dtype
         timestep = timestep.to(device=x.device, dtype=dtype).reshape(-1).expand(batch)
         motion = torch.full((batch,), float(motion_score), device=x.device, dtype=dtype)
         modulation, embedded = self.adaln_single(timestep, motion, dtype)
-        context, context_mask = self.embed_context(encoder_hidden_states, encoder_hidden_states_2,
-                                                   encoder_attention_mask, dtype)
-        rope_cos, rope_sin = rope_tables(rope_grid(frames, h, w, device=x.device), dtype)
+        return (modulation, embedded) + self.embed_context(llm_states, clip_states, mask, dtype)
 
-        x = self.run_blocks(x, modulation, context, context_mask, (rope_cos, rope_sin), chunk_tokens or self.chunk_tokens,
-                            {} if transformer_options is None else transformer_options)
-
+    def output_tokens(self, x, embedded):
+        """Final modulated norm and projection, per token: x (B, l, D) -> (B, l, p*p*C_out)."""
         shift, scale = (cast_to(self.scale_shift_table, x)[None] + embedded[:, None]).chunk(2, dim=1)
-        x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
-        x = self.proj_out(x)
-        return unpatchify(x, frames, h, w, p, cfg.out_channels)
-
+        return self.proj_out(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift)
 
     def run_blocks(self, x, modulation, context, context_mask, rope, chunk_tokens, options):
         """The transformer blocks over tokens x (B, L, D), each offered to the host's block patches.

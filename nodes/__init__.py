@@ -3,9 +3,9 @@
 Each node class carries its display name as ``DISPLAY_NAME``.
 """
 
-from . import memory, models, modes, sampling, text, vae, video
+from . import memory, models, modes, multigpu, sampling, text, vae, video
 
-NODE_MODULES = (models, text, vae, sampling, modes, memory, video)
+NODE_MODULES = (models, text, vae, sampling, modes, memory, video, multigpu)
 
 NODE_CLASS_MAPPINGS = {
     name: cls for module in NODE_MODULES for name, cls in vars(module).items()
