@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..networks.dit import SEQUENCE_PARALLEL, unpatchify
+from ..networks.dit import DEFAULT_MOTION_SCORE, SEQUENCE_PARALLEL, unpatchify
 from ..networks.rope3d import rope_grid, rope_tables
 
 
@@ -132,8 +132,8 @@ def _rows(value, rows, batch):
 
 @torch.no_grad()
 def parallel_forward(dit, layout, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_2=None,
-                     encoder_attention_mask=None, condition_hidden_states=None, motion_score=5.0, chunk_tokens=None,
-                     transformer_options=None):
+                     encoder_attention_mask=None, condition_hidden_states=None, motion_score=DEFAULT_MOTION_SCORE,
+                     chunk_tokens=None, transformer_options=None):
     """``dit.forward`` (same arguments and result, see networks/dit.py) computed by all ranks of ``layout``.
 
     Every rank passes the same full inputs and gets the full (B, F, C_out, H, W) output.
