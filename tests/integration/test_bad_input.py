@@ -131,7 +131,7 @@ def test_a_latent_that_cannot_fit_is_refused_before_allocating(build, comfy_host
         node_type, shape = "StepVideoImageToVideo", "[16, "
     with PeakRss(comfy_host) as rss:
         found, message = refusal(run(comfy_client, prompt))
-    assert found == node_type and shape in message and "frames fit" in message, message
+    assert found == node_type and shape in message and " fit" in message and "GiB" in message, message
     assert rss.growth < 256 * MIB, f"refusing took {rss.growth / MIB:.0f} MiB"
     assert_serving(comfy_client)
 
