@@ -161,3 +161,27 @@ def shrink(prompt):
                 inputs[name] = value(inputs[name]) if callable(value) else value
         small[node_id] = {**node, "inputs": inputs}
     return small
+
+
+def text_to_latent_graph(dit, step_llm, hunyuan_clip, size=(WIDTH, HEIGHT, 17), steps=3, cfg=3.0, shift=5.0, seed=5,
+                         text="a red ball rolls", negative="", weight_dtype="default (bf16)", attention="sdpa",
+                         prefix="StepVideo/latent"):
+    """The API prompt the integration tests build on: load, encode ``text``, sample ``size`` = (width, height,
+    frames) with StepVideo Sampler, save the LATENT. Node ids: "1" DiT loader (MODEL), "2" text encoder
+    loader, "3" encode (positive, negative), "4" empty latent, "5" sampler, "6" SaveLatent."""
+    width, height, frames = size
+    return {
+        "1": {"class_type": "StepVideoDiTLoader", "inputs": {"model_name": dit, "weight_dtype": weight_dtype,
+                                                             "attention": attention, "shift": shift}},
+        "2": {"class_type": "StepVideoTextEncoderLoader", "inputs": {
+            "step_llm": step_llm, "hunyuan_clip": hunyuan_clip, "device": "cpu", "offload": False,
+            "llm_weight_dtype": "bf16", "cache": True}},
+        "3": {"class_type": "StepVideoTextEncode", "inputs": {"text_encoder": ["2", 0], "prompt": text,
+                                                              "negative_prompt": negative, "magic": "none"}},
+        "4": {"class_type": "StepVideoEmptyLatent", "inputs": {"width": width, "height": height, "frames": frames,
+                                                               "batch_size": 1}},
+        "5": {"class_type": "StepVideoSampler", "inputs": {
+            "model": ["1", 0], "positive": ["3", 0], "negative": ["3", 1], "latent": ["4", 0], "seed": seed,
+            "steps": steps, "cfg": cfg, "shift": shift, "denoise": 1.0, "cfg_stop_sigma": 0.0}},
+        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": prefix}},
+    }

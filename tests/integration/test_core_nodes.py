@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load
 
 from comfy_host import status_str
-from stepvideo_setup import EMBEDDED, EMBEDDED_MERGED, LORA_FILES
+from stepvideo_setup import EMBEDDED, EMBEDDED_MERGED, LORA_FILES, text_to_latent_graph
 from tiny_checkpoints import TINY_CLIP_WIDTH
 from workflow_specs import T2V
 
@@ -23,23 +23,10 @@ SIZE, STEPS, CFG, SHIFT = 128, 8, 3.0, 5.0
 
 
 def t2v_graph(model=EMBEDDED, weight_dtype="fp32", steps=STEPS, cfg=CFG, seed=3, text=PROMPT, decode=False):
-    """Embedded-model text to video (17 frames at 128 px) saving the LATENT (node "9"): returns the prompt and
-    the ids of the MODEL ("1"), the two CONDITIONINGs ("3", outputs 0 and 1) and the sampler ("5")."""
-    graph = {
-        "1": {"class_type": "StepVideoDiTLoader", "inputs": {"model_name": model, "weight_dtype": weight_dtype,
-                                                             "attention": "comfy", "shift": SHIFT}},
-        "2": {"class_type": "StepVideoTextEncoderLoader", "inputs": {
-            "step_llm": model, "hunyuan_clip": model, "device": "cpu", "offload": False, "llm_weight_dtype": "bf16",
-            "cache": True}},
-        "3": {"class_type": "StepVideoTextEncode", "inputs": {"text_encoder": ["2", 0], "prompt": text,
-                                                              "negative_prompt": "", "magic": "none"}},
-        "4": {"class_type": "StepVideoEmptyLatent", "inputs": {"width": SIZE, "height": SIZE, "frames": 17,
-                                                               "batch_size": 1}},
-        "5": {"class_type": "StepVideoSampler", "inputs": {
-            "model": ["1", 0], "positive": ["3", 0], "negative": ["3", 1], "latent": ["4", 0], "seed": seed,
-            "steps": steps, "cfg": cfg, "shift": SHIFT, "denoise": 1.0, "cfg_stop_sigma": 0.0}},
-        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "core_nodes/latent"}},
-    }
+    """Embedded-model text to video (17 frames at 128 px) saving the LATENT (node "6"; the other node ids:
+    stepvideo_setup.text_to_latent_graph), and the decoded frames as images (node "12") if ``decode``."""
+    graph = text_to_latent_graph(model, model, model, (SIZE, SIZE, 17), steps, cfg, SHIFT, seed, text,
+                                 weight_dtype=weight_dtype, attention="comfy", prefix="core_nodes/latent")
     if decode:
         graph["10"] = {"class_type": "StepVideoVAELoader", "inputs": {"vae_name": model, "dtype": "fp32"}}
         graph["11"] = {"class_type": "StepVideoVAEDecode", "inputs": {"vae": ["10", 0], "samples": ["5", 0],
@@ -51,7 +38,7 @@ def t2v_graph(model=EMBEDDED, weight_dtype="fp32", steps=STEPS, cfg=CFG, seed=3,
 
 def latent_of(client, graph, timeout=300):
     entry = client.run_prompt(graph, timeout=timeout)
-    files = [f for f in client.output_files(entry, "9") if f["filename"].endswith(".latent")]
+    files = [f for f in client.output_files(entry, "6") if f["filename"].endswith(".latent")]
     assert len(files) == 1, entry["outputs"]
     return load(client.fetch_output(files[0]))["latent_tensor"]
 
@@ -255,6 +242,6 @@ def test_an_image_latent_is_refused_naming_the_node_to_use(consumer, comfy_clien
     graph["4"] = node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
     if consumer == "StepVideoVAEDecode":
         graph["11"]["inputs"]["samples"] = ["4", 0]
-        del graph["9"], graph["5"]
+        del graph["6"], graph["5"]
     message = failure_message(comfy_client, graph)
     assert "StepVideo Empty Latent" in message and "4-D" in message, message

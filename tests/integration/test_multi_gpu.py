@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load
 
 from comfy_host import REPO, ComfyHost, status_str
-from stepvideo_setup import EMBEDDED, HEIGHT, WIDTH
+from stepvideo_setup import EMBEDDED, HEIGHT, WIDTH, text_to_latent_graph
 
 
 def worker_pids(server_pid):
@@ -58,29 +58,16 @@ def host(tmp_path_factory, integration_artifacts_dir):
 def prompt(sampler="StepVideoSampler", sequence=None, cfg_degree=1, steps=3, seed=7, size=(WIDTH, HEIGHT, 17),
            shard=False):
     """Encode, (StepVideo Multi-GPU), sample the embedded model (96x64x17) with CFG 4, save the LATENT."""
-    graph = {
-        "1": {"class_type": "StepVideoDiTLoader", "inputs": {"model_name": EMBEDDED, "weight_dtype": "default (bf16)",
-                                                             "attention": "sdpa", "shift": 13.0}},
-        "2": {"class_type": "StepVideoTextEncoderLoader", "inputs": {
-            "step_llm": EMBEDDED, "hunyuan_clip": EMBEDDED, "device": "cpu", "offload": False,
-            "llm_weight_dtype": "bf16", "cache": True}},
-        "3": {"class_type": "StepVideoTextEncode", "inputs": {"text_encoder": ["2", 0], "prompt": "a red ball rolls",
-                                                              "negative_prompt": "blurry", "magic": "none"}},
-        "4": {"class_type": "StepVideoEmptyLatent", "inputs": {"width": size[0], "height": size[1], "frames": size[2],
-                                                               "batch_size": 1}},
-        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "StepVideo/multigpu"}},
-    }
+    graph = text_to_latent_graph(EMBEDDED, EMBEDDED, EMBEDDED, size, steps, 4.0, 5.0, seed, negative="blurry",
+                                 prefix="StepVideo/multigpu")
     model = ["1", 0]
     if sequence is not None:
         graph["7"] = {"class_type": "StepVideoMultiGPU", "inputs": {
             "model": model, "sequence_degree": sequence, "cfg_degree": cfg_degree, "devices": "cpu",
             "shard_weights": shard}}
         model = ["7", 0]
-    if sampler == "StepVideoSampler":
-        graph["5"] = {"class_type": "StepVideoSampler", "inputs": {
-            "model": model, "positive": ["3", 0], "negative": ["3", 1], "latent": ["4", 0], "seed": seed,
-            "steps": steps, "cfg": 4.0, "shift": 5.0, "denoise": 1.0, "cfg_stop_sigma": 0.0}}
-    else:
+    graph["5"]["inputs"]["model"] = model
+    if sampler == "KSampler":
         graph["5"] = {"class_type": "KSampler", "inputs": {
             "model": model, "positive": ["3", 0], "negative": ["3", 1], "latent_image": ["4", 0], "seed": seed,
             "steps": steps, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}

@@ -11,7 +11,7 @@ from safetensors.torch import load
 
 from comfy_host import default_comfyui_path, default_python
 from quantized_setup import FP8_DIT, GGUF_DIT, GGUF_LLM, LORA, LORA_BASE, MERGED
-from stepvideo_setup import HEIGHT, WIDTH
+from stepvideo_setup import HEIGHT, WIDTH, text_to_latent_graph
 from workflow_specs import T2V
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,21 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def text_to_latent(dit, step_llm=T2V, lora=None, seed=5, weight_dtype="default (bf16)", decode=False):
     """An API prompt: encode, (LoRA), sample 3 steps at 64x96x17, save the LATENT (and the MP4 if decode)."""
-    prompt = {
-        "1": {"class_type": "StepVideoDiTLoader", "inputs": {"model_name": dit, "weight_dtype": weight_dtype,
-                                                             "attention": "sdpa", "shift": 13.0}},
-        "2": {"class_type": "StepVideoTextEncoderLoader", "inputs": {
-            "step_llm": step_llm, "hunyuan_clip": T2V, "device": "cpu", "offload": False,
-            "llm_weight_dtype": "bf16", "cache": True}},
-        "3": {"class_type": "StepVideoTextEncode", "inputs": {"text_encoder": ["2", 0], "prompt": "a red ball rolls",
-                                                              "negative_prompt": "", "magic": "none"}},
-        "4": {"class_type": "StepVideoEmptyLatent", "inputs": {"width": WIDTH, "height": HEIGHT, "frames": 17,
-                                                               "batch_size": 1}},
-        "5": {"class_type": "StepVideoSampler", "inputs": {
-            "model": ["1", 0], "positive": ["3", 0], "negative": ["3", 1], "latent": ["4", 0], "seed": seed,
-            "steps": 3, "cfg": 3.0, "shift": 5.0, "denoise": 1.0, "cfg_stop_sigma": 0.0}},
-        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "StepVideo/quantized"}},
-    }
+    prompt = text_to_latent_graph(dit, step_llm, T2V, seed=seed, weight_dtype=weight_dtype,
+                                  prefix="StepVideo/quantized")
     if lora is not None:
         prompt["7"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": lora,
                                                                        "strength_model": 1.0}}
