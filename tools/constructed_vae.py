@@ -20,8 +20,9 @@ The codec (z = 16 latent channels per 16 x 16 pixel cell):
   conv_out averages the frames t - 2 and t, which makes those (3/4, 1/2, 1/4, 0) of x_{k-1}.
 
 How the network computes it: the convolutions are averaging / selection kernels, every residual
-branch, attention output and up-sampling refinement is zero (their Resnets are identities), and the
-two GroupNorm + SiLU layers on the main path are made linear with constant companion channels.
+branch, attention output and up-sampling refinement but the midpoint step's is zero (their Resnets are
+identities), and the GroupNorm (+ SiLU) layers on the paths used are made linear with constant
+companion channels.
 A per-frame GroupNorm of a group {s, -s, K, -K} (encoder, 4 channels per group) has mean 0 and
 standard deviation sqrt((K^2 + E[s^2]) / 2), i.e. it only rescales s (by 1 +- 1e-3 for K = 10); one of
 {s, -s, K} (decoder, 3 per group) subtracts the known K / 3 and rescales within 1.5%. The SiLU after
@@ -48,6 +49,7 @@ K = 10.0  # constant companion channels of the linearised GroupNorms
 TYPICAL_SQUARE = 0.4  # E[s^2] the GroupNorm gains are centred on
 TYPICAL_STEP = 0.01  # E[d^2] of the midpoint step d (half a key-frame difference: mostly zero background)
 NEGATIVE = -30.0  # norm2 bias of the up-sampling refinements: silu(x - 30) ~ 0, so they add nothing
+STEP = 9  # first channel of the midpoint step's {d, -d, K} groups (after the three {s, -s, K} groups)
 RGB = 3
 BLUR = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 1.0])) / 16  # 3x3 binomial
 NOW, CENTRE = 2, 1  # kernel index of the current frame (causal k = 3) and of the spatial centre
@@ -166,9 +168,6 @@ def _decoder(decoder):
         for time in (NOW - 2, NOW):
             decoder.conv_out.conv.weight[c, 3 * c, time] = BLUR / 2
             decoder.conv_out.conv.weight[c, 3 * c + 1, time] = -BLUR / 2
-
-
-STEP = 3 * RGB  # first channel of the midpoint step {d, -d, K} groups written by the level-2 up-sampling
 
 
 def _sign_groups(shortcut):
