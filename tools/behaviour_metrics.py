@@ -132,17 +132,46 @@ def frame_differences(frames):
 CHANGE_MIN = 2e-3  # a decoded frame that differs from the previous one by less than this is a held frame
 
 
-def join_ratio(frames, join):
-    """Difference across the join (frame join - 1 -> join) over the median of the other frame changes.
+KEY_STEP = 4  # decoded frames 4k of each 17-frame chunk are the VAE's key frames (constructed_vae)
+CHUNK_FRAMES = 17
 
-    The small model's VAE holds each decoded key frame for four frames (TRAINING.md), so consecutive
-    frames are either equal or one 4-frame step of motion apart; the join is a 1-frame step for a
-    continuous clip (ratio ~0.1 on round trips of ground-truth clips) and far above 1 at a cut. The
-    decoder's seam blend (networks/vae.py) spreads a jump D at a chunk border over two frames, 0.24 D
-    then 0.36 D; when the 0.24 D change is the median of the others, the ratio is 1.5 for any D."""
-    diffs = frame_differences(frames)
-    steps = torch.stack([d for i, d in enumerate(diffs) if i != join - 1 and d > CHANGE_MIN])
-    return float(diffs[join - 1] / steps.median())
+
+def key_frame_steps(frames):
+    """Changes between consecutive key frames (4 frames apart) inside each 17-frame chunk: one 4-frame step
+    of motion each, whatever the decoder draws between them."""
+    keys = [[c + k for k in range(0, CHUNK_FRAMES, KEY_STEP)] for c in range(0, len(frames), CHUNK_FRAMES)]
+    return torch.stack([(frames[b] - frames[a]).abs().mean() for chunk in keys for a, b in zip(chunk, chunk[1:])
+                        if b < len(frames)])
+
+
+def join_ratio(frames, join):
+    """Difference across the join (frame join - 1 -> join) over the median 4-frame step between key frames.
+
+    The small model's VAE stores key frames 4 frames apart (TRAINING.md), so the join (the last key of one
+    chunk -> the first of the next) is a 1-frame step for a continuous clip (ratio ~0.1 on round trips of
+    ground-truth clips) and far above 1 at a cut. The decoder's seam blend (networks/vae.py) spreads a
+    jump D at a chunk border over two frames, 0.24 D then 0.36 D across the join."""
+    steps = key_frame_steps(frames)
+    steps = steps[steps > CHANGE_MIN]
+    return float(frame_differences(frames)[join - 1] / steps.median())
+
+
+def demo_smoothness(model):
+    """The demo's clip (workflows/api/text_to_video_embedded.json: its prompt, seed, size, frames, steps,
+    CFG and shift) decoded: how many of its frames are new pictures (a change above CHANGE_MIN from the
+    frame before), and the largest frame-to-frame change over the median one."""
+    with open(os.path.join(os.path.dirname(TOOLS), "workflows", "api", "text_to_video_embedded.json"),
+              encoding="utf-8") as f:
+        nodes = {node["class_type"]: node["inputs"] for node in json.load(f).values()}
+    size, sampler = nodes["StepVideoEmptyLatent"], nodes["StepVideoSampler"]
+    latent = torch.zeros(1, model.channels, 3 * (size["frames"] // CHUNK_FRAMES), size["height"] // 16,
+                         size["width"] // 16)
+    frames = model.decode(model.sample(nodes["StepVideoTextEncode"]["prompt"], latent, seed=sampler["seed"],
+                                       steps=sampler["steps"], cfg=sampler["cfg"], shift=sampler["shift"]))
+    changes = frame_differences(frames)
+    return {"frames": len(frames), "distinct_pictures": int((changes > CHANGE_MIN).sum()) + 1,
+            "largest_over_median_change": float(changes.max() / changes.median()),
+            "changes": [round(float(c), 4) for c in changes]}
 
 
 def centre(frame):
@@ -463,6 +492,7 @@ MEASUREMENTS = {
     "keyframes": keyframe_interpolation,
     "sdedit": sdedit_similarity,
     "tiled_decode": tiled_decode,
+    "demo_smoothness": demo_smoothness,
 }
 
 
