@@ -20,7 +20,7 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tools"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "research"))
 import behaviour_metrics  # noqa: E402  (loads the embedded model the way the nodes do, host imported)
 
 import comfy_api.torch_helpers  # noqa: E402

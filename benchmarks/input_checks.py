@@ -53,7 +53,7 @@ def _measure(work):
 
 def _host():
     sys.path.insert(0, os.path.join(REPO, "scripts"))
-    sys.path.insert(0, os.path.join(REPO, "tools"))
+    sys.path.insert(0, os.path.join(REPO, "research"))
     from pack_path import import_pack
     from host_runtime import import_host
 

@@ -4,7 +4,7 @@
     python benchmarks/quantized_behaviour.py [--seeds 0] [--json out.json]
 
 The shipped weights (weights/stepvideo-tiny) are converted with the pack's converter; the model is then
-judged exactly as tools/behaviour_metrics.py judges it (same sampler settings, prompts and detector):
+judged exactly as research/behaviour_metrics.py judges it (same sampler settings, prompts and detector):
 colour, shape and direction hits of one text-to-video clip per PROMPT_SET prompt and seed offset, in
 English and Chinese. The default is the reduced set (seed offset 0 only: 12 clips per language instead
 of the behaviour tests' 36) to keep the run within minutes on a 2-core CPU. Also reported: how many
@@ -25,7 +25,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.join(REPO, "research"))
 
 import behaviour_metrics as bm  # noqa: E402  (imports the pack)
 import synthetic_data as sd  # noqa: E402

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/demo.py [--prompt TEXT] [--seed N] [--out DIR] [--server URL]
 
 Uses the embedded default weights (weights/stepvideo-tiny, a small model of the official architecture
-trained on synthetic shapes; see weights/stepvideo-tiny/TRAINING.md), installed into a throwaway
+trained on synthetic shapes; see research/TRAINING.md), installed into a throwaway
 ComfyUI models/stepvideo/ folder exactly as a user would drop an official download (or, with --server,
 a running server that offers them as models/stepvideo/stepvideo-tiny, e.g. `scripts/comfy_host.py serve`).
 The shipped workflow workflows/api/text_to_video_embedded.json (the small model's settings) is queued

@@ -60,7 +60,7 @@ def text_to_video(name="text_to_video", model=T2V, steps=50, cfg=9.0, shift=13.0
 
 
 def text_to_video_embedded():
-    """The embedded small model at the settings it was trained for (weights/stepvideo-tiny/TRAINING.md):
+    """The embedded small model at the settings it was trained for (research/TRAINING.md):
     128x128, 34 frames, 25 steps, CFG 3, shift 5, no magic suffixes, text encoders on the CPU.
     scripts/demo.py queues this file."""
     g = Graph("text_to_video_embedded", "Step-Video text to video (embedded small model)",

@@ -1,8 +1,8 @@
-"""Behavioural tests of the shipped small model (weights/stepvideo-tiny); see tools/behaviour_metrics.py.
+"""Behavioural tests of the shipped small model (weights/stepvideo-tiny); see research/behaviour_metrics.py.
 
 The model is loaded once per session through the users' loaders (``load_dit``, ``load_vae``,
-``StepVideoTextEncoder``); the measurements live in tools/behaviour_metrics.py so the same code
-produces the numbers reported in weights/stepvideo-tiny/TRAINING.md.
+``StepVideoTextEncoder``); the measurements live in research/behaviour_metrics.py so the same code
+produces the numbers reported in research/TRAINING.md.
 """
 
 import os
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.join(REPO, "research"))
 
 import behaviour_metrics  # noqa: E402
 
@@ -21,6 +21,6 @@ import behaviour_metrics  # noqa: E402
 def tiny():
     if not os.path.isfile(os.path.join(behaviour_metrics.WEIGHTS, "transformer", "config.json")):
         pytest.fail(f"the shipped small model is missing: {behaviour_metrics.WEIGHTS} "
-                    "(rebuild it: python tools/train_small_model.py)")
+                    "(rebuild it: python research/train_small_model.py)")
     torch.manual_seed(0)
     return behaviour_metrics.TinyModel()

@@ -1,5 +1,5 @@
 """Generation modes with the shipped small model: image-to-video, extension, long video, keyframe
-interpolation, SDEdit and tiled decoding, each with one measured criterion (tools/behaviour_metrics.py).
+interpolation, SDEdit and tiled decoding, each with one measured criterion (research/behaviour_metrics.py).
 
 Thresholds sit below the values measured on the shipped weights (quoted) and well above what a
 broken mode produces (quoted: the baseline each test compares with).

@@ -1,7 +1,7 @@
 """Text-to-video behaviour of the shipped small model: does the clip follow the prompt?
 
-Measurements: tools/behaviour_metrics.py (128x128, 17 frames, 20 steps, CFG 3, shift 5, no magic
-suffixes), judged by the hand-written detector of tools/detectors.py. Thresholds sit below the values
+Measurements: research/behaviour_metrics.py (128x128, 17 frames, 20 steps, CFG 3, shift 5, no magic
+suffixes), judged by the hand-written detector of research/detectors.py. Thresholds sit below the values
 measured on the shipped weights (quoted) and far above chance.
 """
 

@@ -80,7 +80,7 @@ def test_metrics_only_replaces_the_measurements_it_reruns(tmp_path, monkeypatch)
 
 
 def test_metrics_of_other_weights_do_not_overwrite_the_shipped_report(tmp_path, monkeypatch):
-    """Measuring an experimental model (--weights elsewhere, no --out) prints, and leaves tools/logs alone."""
+    """Measuring an experimental model (--weights elsewhere, no --out) prints, and leaves research/logs alone."""
     shipped_report = os.path.join(TOOLS, "logs", "behaviour.json")
     before = os.path.getmtime(shipped_report)
     monkeypatch.setattr(behaviour_metrics, "TinyModel", lambda weights: weights)
@@ -91,7 +91,7 @@ def test_metrics_of_other_weights_do_not_overwrite_the_shipped_report(tmp_path, 
 
 
 def test_direction_task_clips_move_as_captioned_and_a_short_run_reports_the_swap(tmp_path, capsys):
-    """tools/direction_task.py (TRAINING.md experiments 10-16): its clips move the captioned direction by
+    """research/direction_task.py (TRAINING.md experiments 10-16): its clips move the captioned direction by
     the asked distance (a red circle, or the dataset's colours and shapes with --varied), and a two-step
     run prints the direction swap and saves a state dict that a second run can start from."""
     for index in range(8):

@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
 """Train the small Step-Video model shipped as weights/stepvideo-tiny, from nothing but a seed.
 
-    python tools/train_small_model.py --out weights/stepvideo-tiny --seed 0
+    python research/train_small_model.py --out weights/stepvideo-tiny --seed 0
 
 Stages (each resumable: a finished stage is skipped, an interrupted one continues from its last
 checkpoint in --work):
 
 1. text     tokenizers from the caption vocabulary + tiny Step-LLM / BERT encoders, attribute
-            pre-training (tools/text_models.py)                    -> OUT/step_llm, OUT/hunyuan_clip
+            pre-training (research/text_models.py)                    -> OUT/step_llm, OUT/hunyuan_clip
 2. vae      our v2 Video-VAE, narrow widths, z = 16, with closed-form weights
-            (tools/constructed_vae.py; why not learnt: TRAINING.md) -> OUT/vae/vae_v2.safetensors
+            (research/constructed_vae.py; why not learnt: TRAINING.md) -> OUT/vae/vae_v2.safetensors
 3. latents  the DiT's training clips encoded by that codec (checked against the shipped file): the
             dataset, and two slices of it for the curriculum (DATASETS)
 4-10.       our DiT (6 layers, one 128-wide head, 2 x 2 patches) trained by flow matching
-            (tools/train_dit.py) in a curriculum (DIT_PHASES; why: TRAINING.md) -> OUT/transformer/
+            (research/train_dit.py) in a curriculum (DIT_PHASES; why: TRAINING.md) -> OUT/transformer/
    dit_red     one red circle on plain ground doing every action, noise levels in [0.4, 0.9]
    dit_varied  the six colours and three shapes on plain ground, every action, [0.4, 0.9]
    dit_all     the dataset, every noise level (the shipped logit-normal)
@@ -25,9 +25,9 @@ checkpoint in --work):
                with their known latents clean, the latent at the seam weighted 5x; fp32 (from the exported
                weights of dit_context_shapes)
 
-Stage text writes its per-step numbers to tools/logs/text_encoders.csv, the DiT phases theirs to
-tools/logs/dit.csv (one log, the step count runs on). Everything random is derived from
---seed (data: tools/synthetic_data.py; weights and noise: seeded torch generators), and torch runs
+Stage text writes its per-step numbers to research/logs/text_encoders.csv, the DiT phases theirs to
+research/logs/dit.csv (one log, the step count runs on). Everything random is derived from
+--seed (data: research/synthetic_data.py; weights and noise: seeded torch generators), and torch runs
 with a fixed thread count (--threads), so a rerun on the same machine type reproduces the weights.
 """
 
@@ -44,8 +44,8 @@ import time
 
 THREADS_DEFAULT = 1  # on the shared 2-core machine one thread was ~1.5x faster than two (no spin-waiting)
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, TOOLS)
+RESEARCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, RESEARCH)
 
 import torch  # noqa: E402
 
@@ -60,9 +60,9 @@ import synthetic_data  # noqa: E402
 import text_models  # noqa: E402
 import train_dit  # noqa: E402
 
-LOG_DIR = os.path.join(TOOLS, "logs")
+LOG_DIR = os.path.join(RESEARCH, "logs")
 SIZE = 128  # training resolution (pixels, square): 8 x 8 latents
-DATASETS = {  # latent cache: (data seed = --seed + this, clip attributes pinned); tools/synthetic_data.py
+DATASETS = {  # latent cache: (data seed = --seed + this, clip attributes pinned); research/synthetic_data.py
     "latents": (100, {}),  # the dataset itself
     "latents_red_circles": (300, {"colour": 0, "shape": 0, "background": "plain"}),
     "latents_plain": (400, {"background": "plain"}),
@@ -149,7 +149,7 @@ def stage_text(args, schedule):
 
 
 def stage_vae(args, schedule):
-    """The closed-form VAE (tools/constructed_vae.py), stored in bf16 (float8 where exact); checked through the users' loader."""
+    """The closed-form VAE (research/constructed_vae.py), stored in bf16 (float8 where exact); checked through the users' loader."""
     started = time.time()
     vae = constructed_vae.build_constructed_vae()
     official_layout.save_vae({k: compact(v) for k, v in vae.state_dict().items()}, args.out)
@@ -293,7 +293,7 @@ STAGES = (("text", stage_text), ("vae", stage_vae), ("latents", stage_latents),
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(TOOLS), "weights", "stepvideo-tiny"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(RESEARCH), "weights", "stepvideo-tiny"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None, help="checkpoints and the latent cache (default: a folder in "
                                                      "the system temp dir named after the seed)")

@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Behavioural measurements of the small model, shared by tests/behaviour and the report.
 
-    python tools/behaviour_metrics.py [--weights weights/stepvideo-tiny]
+    python research/behaviour_metrics.py [--weights weights/stepvideo-tiny]
 
-prints every measurement and writes tools/logs/behaviour.json (``--only a,b`` re-measures those and
+prints every measurement and writes research/logs/behaviour.json (``--only a,b`` re-measures those and
 keeps the other entries; other ``--weights`` write only to an ``--out`` named for them). The model is
 loaded and sampled the way the nodes do it, on the real ComfyUI host imported in this process
 (scripts/host_runtime.py): the DiT as the MODEL of ``load_stepvideo_model`` (bf16 weights; the host
 computes in fp32 on the CPU), sampling through ``nodes.sampling.run_official_sampler``, windows from
 ``samplers.modes``; the VAE in fp32 on the CPU and ``StepVideoTextEncoder``. Videos are judged by the
-hand-written detector of tools/detectors.py.
+hand-written detector of research/detectors.py.
 Ground-truth clips come from dataset seed 4242, which training never used.
 """
 
@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, TOOLS)
+RESEARCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, RESEARCH)
 
 import pack_import  # noqa: E402,F401
 from host_runtime import import_host  # noqa: E402
@@ -43,7 +43,7 @@ import synthetic_data as sd  # noqa: E402
 from constructed_vae import encode_reference  # noqa: E402
 from detectors import detect, shape_mask  # noqa: E402
 
-WEIGHTS = os.path.join(os.path.dirname(TOOLS), "weights", "stepvideo-tiny")
+WEIGHTS = os.path.join(os.path.dirname(RESEARCH), "weights", "stepvideo-tiny")
 SIZE = 128  # pixels, the model's training resolution
 STEPS, CFG, SHIFT = 20, 3.0, 5.0  # the recommended settings (TRAINING.md)
 EXTENSION_CFG = 1.0  # recommended for extension: the known chunk carries the content (TRAINING.md, experiment 24)
@@ -160,7 +160,7 @@ def demo_smoothness(model):
     """The demo's clip (workflows/api/text_to_video_embedded.json: its prompt, seed, size, frames, steps,
     CFG and shift) decoded: how many of its frames are new pictures (a change above CHANGE_MIN from the
     frame before), and the largest frame-to-frame change over the median one."""
-    with open(os.path.join(os.path.dirname(TOOLS), "workflows", "api", "text_to_video_embedded.json"),
+    with open(os.path.join(os.path.dirname(RESEARCH), "workflows", "api", "text_to_video_embedded.json"),
               encoding="utf-8") as f:
         nodes = {node["class_type"]: node["inputs"] for node in json.load(f).values()}
     size, sampler = nodes["StepVideoEmptyLatent"], nodes["StepVideoSampler"]
@@ -501,11 +501,11 @@ def main(argv=None):
     parser.add_argument("--weights", default=WEIGHTS)
     parser.add_argument("--only", default=None, help="comma-separated measurement names (their entries of --out "
                                                      "are replaced, the others kept)")
-    parser.add_argument("--out", default=None, help="the JSON report (default: tools/logs/behaviour.json for the "
+    parser.add_argument("--out", default=None, help="the JSON report (default: research/logs/behaviour.json for the "
                                                     "shipped weights, none for others)")
     args = parser.parse_args(argv)
     if args.out is None and os.path.abspath(args.weights) == os.path.abspath(WEIGHTS):
-        args.out = os.path.join(TOOLS, "logs", "behaviour.json")
+        args.out = os.path.join(RESEARCH, "logs", "behaviour.json")
     torch.manual_seed(0)
     model = TinyModel(args.weights)
     wanted = args.only.split(",") if args.only else list(MEASUREMENTS)

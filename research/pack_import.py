@@ -1,4 +1,4 @@
-"""Makes the pack importable as ``stepvideo_pack`` from tools/ (see scripts/pack_path.py)."""
+"""Makes the pack importable as ``stepvideo_pack`` from research/ (see scripts/pack_path.py)."""
 
 import os
 import sys

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The stripped-down direction task of weights/stepvideo-tiny/TRAINING.md (experiments 10-16): can our
+"""The stripped-down direction task of research/TRAINING.md (experiments 10-16): can our
 DiT learn to use the direction word, and under which noise-level schedule?
 
-    python tools/direction_task.py --steps 6000 --sigma-range 0.4,0.9 --save mid.pt      # experiment 15
-    python tools/direction_task.py --init mid.pt --steps 2000 --lr 3e-4 --save cur.pt   # 16: then all levels
-    python tools/direction_task.py --init cur.pt --steps 0 --generate 1,3,5             # sample it
+    python research/direction_task.py --steps 6000 --sigma-range 0.4,0.9 --save mid.pt      # experiment 15
+    python research/direction_task.py --init mid.pt --steps 2000 --lr 3e-4 --save cur.pt   # 16: then all levels
+    python research/direction_task.py --init cur.pt --steps 0 --generate 1,3,5             # sample it
 
 Data: 17-frame clips (128 x 128) of a red circle on a plain background (``--varied``: the dataset's
 colours and shapes) moving left / right / up / down by ``--distance`` of the width, captioned by the
@@ -33,8 +33,8 @@ import time
 import numpy as np
 import torch
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, TOOLS)
+RESEARCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, RESEARCH)
 
 import pack_import  # noqa: E402,F401
 from stepvideo_pack.model_loaders import official_layout  # noqa: E402

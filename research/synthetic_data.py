@@ -12,7 +12,7 @@ one spec renders at any size.
 
 Palette and detectability: the six shape colours are fully saturated, 55-70 degrees apart in hue;
 backgrounds are greys or muted tints (HSV saturation <= 0.18), so a pixel's saturation alone tells
-shape from background (see ``tools/detectors.py``). Shapes are drawn with a one-pixel anti-aliased
+shape from background (see ``research/detectors.py``). Shapes are drawn with a one-pixel anti-aliased
 edge from signed distances, and every shape of "size" s fills an s x s box: a circle covers pi/4 of
 it, a square all, an upward triangle half.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CLIP_FRAMES = 35  # two 17-frame chunks + the frame after them (see tools/train_small_model.py)
+CLIP_FRAMES = 35  # two 17-frame chunks + the frame after them (see research/train_small_model.py)
 
 # name_en, name_zh, RGB in [0, 1]
 COLOURS = (
