@@ -13,14 +13,15 @@ Two ways users store weights:
 import os
 
 from .errors import CheckpointError
-from .official_layout import CLIP_DIR, STEP_LLM_DIR, TRANSFORMER_DIR, VAE_FILE
+from .official_layout import (CLIP_DIR, CLIP_ENCODER_DIR, STEP_LLM_DIR, STEP_TOKENIZER_FILE, TRANSFORMER_DIR,
+                              TRANSFORMER_INDEX, VAE_FILE)
 
 PARTS = {
     # part -> (sub-path inside an official folder, test that a folder IS that part on its own)
-    "transformer": (TRANSFORMER_DIR, lambda d: _has_suffix(d, "diffusion_pytorch_model.safetensors.index.json")),
-    "vae": (VAE_FILE, lambda d: os.path.isfile(os.path.join(d, "vae_v2.safetensors"))),
-    "step_llm": (STEP_LLM_DIR, lambda d: _has_suffix(d, "step1_chat_tokenizer.model")),
-    "hunyuan_clip": (CLIP_DIR, lambda d: os.path.isdir(os.path.join(d, "clip_text_encoder"))),
+    "transformer": (TRANSFORMER_DIR, lambda d: _has_suffix(d, TRANSFORMER_INDEX)),
+    "vae": (VAE_FILE, lambda d: _has_suffix(d, os.path.basename(VAE_FILE))),
+    "step_llm": (STEP_LLM_DIR, lambda d: _has_suffix(d, STEP_TOKENIZER_FILE)),
+    "hunyuan_clip": (CLIP_DIR, lambda d: os.path.isdir(os.path.join(d, CLIP_ENCODER_DIR))),
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".sft", ".gguf")  # .gguf: pre-quantized (quantized_files.py)
 MAX_DEPTH = 3
@@ -53,7 +54,7 @@ def official_parts(roots, part):
             if os.path.exists(candidate):
                 found.setdefault(name, candidate)
             elif is_part(folder):
-                found.setdefault(name, os.path.join(folder, "vae_v2.safetensors") if part == "vae" else folder)
+                found.setdefault(name, os.path.join(folder, os.path.basename(VAE_FILE)) if part == "vae" else folder)
     return found
 
 

@@ -20,11 +20,15 @@ from safetensors.torch import save_file
 
 from .vae_loader import V2_FILE, module_to_file_key
 
+# The official file and folder names (one home; the loaders and the folder discovery read them from here).
 TRANSFORMER_DIR = "transformer"
+TRANSFORMER_STEM = "diffusion_pytorch_model"  # shards STEM-0000K-of-0000N.safetensors + STEM.safetensors.index.json
+TRANSFORMER_INDEX = TRANSFORMER_STEM + ".safetensors.index.json"
 VAE_FILE = os.path.join("vae", V2_FILE)
 STEP_LLM_DIR = "step_llm"
-CLIP_DIR = "hunyuan_clip"
 STEP_TOKENIZER_FILE = "step1_chat_tokenizer.model"
+CLIP_DIR = "hunyuan_clip"
+CLIP_ENCODER_DIR, CLIP_TOKENIZER_DIR = "clip_text_encoder", "tokenizer"
 
 
 def save_sharded(state_dict, folder, stem, shards=1, config=None, metadata=None):
@@ -74,7 +78,7 @@ def dit_hub_config(config):
 def save_transformer(state_dict, root, config, shards=2, metadata=None):
     """The official ``transformer/`` folder under ``root`` (bf16 as released unless the tensors say otherwise);
     ``metadata``: safetensors string metadata for every shard (e.g. ``dit_loader.KNOWN_LATENTS_KEY``)."""
-    return save_sharded(state_dict, os.path.join(root, TRANSFORMER_DIR), "diffusion_pytorch_model", shards,
+    return save_sharded(state_dict, os.path.join(root, TRANSFORMER_DIR), TRANSFORMER_STEM, shards,
                         config=dit_hub_config(config), metadata=metadata)
 
 

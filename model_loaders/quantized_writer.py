@@ -30,8 +30,8 @@ from .identify import describe, identify
 from .materialize import build_on_meta
 from .quantize import fp8_scale, quantize_fp8, quantize_rows, storage_for
 from .quantized_files import FORMAT_KEY, SCALE_SUFFIX, SCALED_FP8_MARKER, is_quantized, safetensors_layout
-from .text_encoder_loader import (EMBEDDED_FILES, STEP_TOKENIZER_FILE, detect_step_llm_config, locate_step_tokenizer,
-                                  step_llm_weights)
+from .official_layout import STEP_TOKENIZER_FILE
+from .text_encoder_loader import EMBEDDED_FILES, detect_step_llm_config, locate_step_tokenizer, step_llm_weights
 from .weight_files import SAFETENSORS_DTYPES, open_weights
 
 DEFAULT_CHUNK_VALUES = 1 << 22

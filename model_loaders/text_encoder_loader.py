@@ -26,6 +26,7 @@ from ..networks.step_llm import StepLLM, StepLLMConfig, ffn_width
 from .errors import CheckpointError
 from .identify import describe, find_prefix, identify
 from .materialize import build_on_meta, load_into
+from .official_layout import CLIP_ENCODER_DIR, CLIP_TOKENIZER_DIR, STEP_TOKENIZER_FILE
 from .quantized_files import is_gguf, is_quantized, mapped_view
 from .text_tokenizers import BertTokenizer, StepTokenizer
 from .weight_files import open_weights
@@ -34,8 +35,6 @@ STEP_LLM = "Step-LLM text encoder"
 HUNYUAN_CLIP = "HunyuanCLIP text encoder"
 STEP_LLM_SIGNATURE = "tok_embeddings.word_embeddings.weight"
 CLIP_SIGNATURE = "embeddings.word_embeddings.weight"
-STEP_TOKENIZER_FILE = "step1_chat_tokenizer.model"
-CLIP_ENCODER_DIR, CLIP_TOKENIZER_DIR = "clip_text_encoder", "tokenizer"
 CLIP_TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")  # the first is required
 DEFAULT_STEP_HEAD_DIM = 128  # Step-LLM head width when no config names the head count
 BERT_HEAD_DIM = 64  # BERT convention, used when no config.json names the head count
