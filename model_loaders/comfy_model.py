@@ -34,7 +34,7 @@ from ..samplers.video_geometry import FRAMES_PER_CHUNK, LATENTS_PER_CHUNK, SPATI
 from .comfy_quantized import QuantizedModelPatcher, QuantizedOps
 from .conditioning import CLIP_KEY, LLM_MASK_KEY, check_text_conditioning, dit_text_inputs
 from .dit_loader import WHAT, detect_dit_config, dit_weights, trained_clean_known
-from .materialize import FP8_DTYPES, load_into
+from .materialize import FP8_DTYPES, default_compute_dtype, load_into
 from .memory import dit_activation_bytes
 from .quantized_files import is_quantized
 
@@ -274,7 +274,7 @@ def load_stepvideo_model(path, weight_dtype="default (bf16)", attention="comfy",
     quantized = is_quantized(weights)  # pre-quantized file: kept as stored, memory-mapped (comfy_quantized.py)
     if quantized:
         storage, model_config.custom_operations = torch.bfloat16, QuantizedOps
-    compute = torch.bfloat16 if storage in FP8_DTYPES else storage
+    compute = default_compute_dtype(storage)
     manual_cast = comfy.model_management.unet_manual_cast(storage, load_device, model_config.supported_inference_dtypes)
     if storage in FP8_DTYPES and manual_cast is None:
         manual_cast = compute

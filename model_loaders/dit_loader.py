@@ -13,7 +13,7 @@ from ..networks.dit import DiTConfig, StepVideoDiT
 from ..networks.ops import CastOps, DEFAULT_OPERATIONS
 from .errors import CheckpointError
 from .identify import describe, find_prefix
-from .materialize import FP8_DTYPES, build_on_meta, load_into
+from .materialize import build_on_meta, default_compute_dtype, load_into
 from .quantized_files import is_quantized
 from .weight_files import open_weights
 
@@ -86,7 +86,7 @@ def load_dit(path, weight_dtype=torch.bfloat16, compute_dtype=None, device="cpu"
         weight_dtype = compute_dtype = None
         operations = operations or CastOps
     elif compute_dtype is None:
-        compute_dtype = torch.bfloat16 if weight_dtype in FP8_DTYPES else weight_dtype
+        compute_dtype = default_compute_dtype(weight_dtype)
     if operations is None:
         operations = CastOps if weight_dtype != compute_dtype else DEFAULT_OPERATIONS
     model = build_on_meta(lambda: StepVideoDiT(config, operations=operations))

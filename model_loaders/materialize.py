@@ -13,6 +13,12 @@ from .identify import describe
 from .quantized_files import PackedWeight
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def default_compute_dtype(weight_dtype):
+    """The dtype layers compute in when their weights are stored in ``weight_dtype``: fp8 stores, bf16
+    computes (matmuls upcast each weight as it is used); any other dtype computes in itself."""
+    return torch.bfloat16 if weight_dtype in FP8_DTYPES else weight_dtype
 MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -78,7 +84,7 @@ def load_into(model: nn.Module, weights, what, weight_dtype=torch.float32, compu
     mapped, nothing is copied).
     """
     if compute_dtype is None:
-        compute_dtype = torch.bfloat16 if weight_dtype in FP8_DTYPES else weight_dtype
+        compute_dtype = default_compute_dtype(weight_dtype)
     key_map = key_map or (lambda k: k)
     names = list(model.state_dict().keys())
     to_file = {name: key_map(name) for name in names}

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..networks.dit import StepVideoDiT
 from ..networks.quant_formats import DEQUANTIZE_CHUNK_VALUES, FORMATS
-from .materialize import FP8_DTYPES, build_on_meta, weight_dtype_for
+from .materialize import build_on_meta, default_compute_dtype, weight_dtype_for
 from .quantize import storage_for
 
 # float32 latent-sized tensors alive at a sampling step's peak, by CFG passes (1: no CFG; 2: CFG), besides the
@@ -45,7 +45,7 @@ def dit_weight_bytes(config, weight_dtype=torch.bfloat16, compute_dtype=None):
     """Bytes of the DiT parameters as the loaders store them (matmul weights in ``weight_dtype``, the rest in
     the compute dtype: see materialize.weight_dtype_for), counted on a meta-device build of ``config``."""
     if compute_dtype is None:
-        compute_dtype = torch.bfloat16 if weight_dtype in FP8_DTYPES else weight_dtype
+        compute_dtype = default_compute_dtype(weight_dtype)
     model = build_on_meta(lambda: StepVideoDiT(config))
     total = 0
     for module in model.modules():
