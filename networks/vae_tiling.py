@@ -153,13 +153,18 @@ def free_memory_bytes(device):
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
+def work_bytes_per_px(vae, direction):
+    """Peak activation bytes per output pixel of one chunk of ``vae`` in its dtype; direction "decode" or
+    "encode" (the one estimate the tile planner and the nodes' memory requests share)."""
+    element_size = torch.empty((), dtype=vae.dtype).element_size()
+    if direction == "decode":
+        return decode_bytes_per_px(vae.config.decoder, element_size, vae.config.latent_len)
+    return encode_bytes_per_px(vae.config.encoder, element_size, vae.config.frame_len)
+
+
 def resolve_tile_px(tile_px, direction, vae, height, width):
     """A user's tile choice (None, pixels, or "auto") -> pixels or None, for a (height, width) frame."""
     if tile_px is None or tile_px != "auto":
         return tile_px
-    element_size = torch.empty((), dtype=vae.dtype).element_size()
-    if direction == "decode":
-        per_px = decode_bytes_per_px(vae.config.decoder, element_size, vae.config.latent_len)
-    else:
-        per_px = encode_bytes_per_px(vae.config.encoder, element_size, vae.config.frame_len)
-    return auto_tile_px(free_memory_bytes(vae.device), per_px, height, width, vae.config.spatial_factor)
+    return auto_tile_px(free_memory_bytes(vae.device), work_bytes_per_px(vae, direction), height, width,
+                        vae.config.spatial_factor)

@@ -14,7 +14,7 @@ import comfy.model_patcher
 
 from ..media.frames import crop_to_multiple, images_to_video, video_to_images
 from ..model_loaders.vae_loader import load_vae
-from ..networks.vae_tiling import DEFAULT_OVERLAP_PX, decode_bytes_per_px, encode_bytes_per_px
+from ..networks.vae_tiling import DEFAULT_OVERLAP_PX, work_bytes_per_px
 from ..samplers.video_geometry import to_comfy, to_official
 from ..samplers.video_geometry import snap_frames
 from .host import CATEGORY, Progress, model_choices, model_path, preview_maps, video_samples
@@ -62,9 +62,7 @@ def decode_latent(handle, samples, tiling="auto", tile_px=512, overlap_px=DEFAUL
     require_ram("StepVideo VAE Decode", f"decoding {list(samples.shape)} to {samples.shape[0]} x {frames} frames of "
                 f"{width}x{height}", DECODE_OUTPUT_COPIES * output,
                 "decode a smaller latent (a saved LATENT can be decoded later where there is more memory).")
-    element = torch.empty((), dtype=handle.vae.dtype).element_size()
-    budget = decode_bytes_per_px(config.decoder, element, config.latent_len) * \
-        _tile_side(tile, height) * _tile_side(tile, width)
+    budget = work_bytes_per_px(handle.vae, "decode") * _tile_side(tile, height) * _tile_side(tile, width)
     vae = handle.ready(int(budget))
     chunks = -(-samples.shape[2] // config.latent_len)
     video = vae.decode(to_official(samples), tile_px=tile, overlap_px=overlap_px,
@@ -89,9 +87,7 @@ def encode_images(handle, images, tiling="auto", tile_px=512, overlap_px=DEFAULT
     video = images_to_video(cropped)
     tile = tile_choice(tiling, tile_px)
     height, width = video.shape[-2], video.shape[-1]
-    element = torch.empty((), dtype=handle.vae.dtype).element_size()
-    budget = encode_bytes_per_px(config.encoder, element, config.frame_len) * \
-        _tile_side(tile, height) * _tile_side(tile, width)
+    budget = work_bytes_per_px(handle.vae, "encode") * _tile_side(tile, height) * _tile_side(tile, width)
     vae = handle.ready(int(budget))
     chunks = -(-frames // config.frame_len)
     latent = vae.encode(video, generator=generator, sample=sample, tile_px=tile, overlap_px=overlap_px,
