@@ -8,7 +8,7 @@ import comfy.samplers
 
 from ..model_loaders.comfy_model import CHUNK_OPTION
 from ..model_loaders.memory import SAMPLER_LATENT_BUFFERS, human_bytes, latent_bytes
-from ..samplers.video_geometry import FRAMES_PER_CHUNK, LATENTS_PER_CHUNK
+from ..samplers.video_geometry import frames_within
 from .host import CATEGORY
 
 CFG_PASSES = ("batched when it fits", "sequential")
@@ -40,13 +40,6 @@ def require_ram(node, what, needed, hint):
                           f"{hint}")
 
 
-def pixel_frames(latent_frames):
-    """The most pixel frames (a multiple of 17, or 1) whose latent has at most ``latent_frames`` frames."""
-    if latent_frames >= LATENTS_PER_CHUNK:
-        return latent_frames // LATENTS_PER_CHUNK * FRAMES_PER_CHUNK
-    return 1 if latent_frames >= 1 else 0
-
-
 def require_latent_fits(node, shape, stored_frames=None):
     """MemoryError naming ``node`` unless a float32 latent of ``shape`` (B, C, T, h, w) fits in free RAM and
     sampling it with CFG (SAMPLER_LATENT_BUFFERS[2] latent-sized buffers, activations not counted) fits on
@@ -61,7 +54,7 @@ def require_latent_fits(node, shape, stored_frames=None):
     for count, buffers, free, where in checks:
         needed = count * buffers * frame_bytes
         if needed > FREE_FRACTION * free:
-            fit = pixel_frames(int(FREE_FRACTION * free) // (buffers * frame_bytes))
+            fit = frames_within(int(FREE_FRACTION * free) // (buffers * frame_bytes))
             size = f"{width * 16}x{height * 16} with batch {batch}"
             hint = f"at {size} at most {fit} frames fit" if fit else f"not even one frame of {size} fits"
             latent = [batch, channels, count, height, width]

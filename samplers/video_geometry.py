@@ -25,6 +25,14 @@ def latent_frames(frames):
     return max(int(frames) // FRAMES_PER_CHUNK * LATENTS_PER_CHUNK, 1)
 
 
+def frames_within(latents):
+    """The inverse of ``latent_frames``: the most requestable pixel frames (a multiple of 17, or 1) whose
+    latent has at most ``latents`` frames; 0 when not even one latent frame is allowed."""
+    if latents >= LATENTS_PER_CHUNK:
+        return int(latents) // LATENTS_PER_CHUNK * FRAMES_PER_CHUNK
+    return 1 if latents >= 1 else 0
+
+
 def pixel_frames(latents):
     """Pixel frames decoded from ``latents`` latent frames: 17 per whole 3-latent chunk; a last chunk of
     t < 3 latents decodes to 8t - 7 frames (the decoder's causal 8x upsampling), e.g. 1 -> 1."""

@@ -26,6 +26,7 @@ from stepvideo_pack.networks.dit import DiTConfig  # noqa: E402
 from stepvideo_pack.nodes import memory as node_memory  # noqa: E402
 from stepvideo_pack.nodes.host import require_finite, require_finite_tensor  # noqa: E402
 from stepvideo_pack.nodes.sampling import SEED_RANGE, OfficialEulerSampler, window_seed  # noqa: E402
+from stepvideo_pack.samplers.video_geometry import frames_within  # noqa: E402
 
 PARITY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "parity")
 TINY_CLIP = os.path.join(PARITY, "hunyuan_clip_tiny")
@@ -184,7 +185,7 @@ def test_ram_for_a_long_videos_whole_clip_is_checked(monkeypatch):
 
 
 def test_pixel_frames_of_a_latent_budget():
-    assert [node_memory.pixel_frames(n) for n in (0, 1, 2, 3, 5, 6, 36)] == [0, 1, 1, 17, 17, 34, 204]
+    assert [frames_within(n) for n in (0, 1, 2, 3, 5, 6, 36)] == [0, 1, 1, 17, 17, 34, 204]
 
 
 # --- weight files -----------------------------------------------------------------------------------------
