@@ -15,7 +15,6 @@
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from pack_path import import_pack  # noqa: E402
 
 import_pack()
 from stepvideo_pack.model_loaders.materialize import build_on_meta  # noqa: E402
+from stepvideo_pack.multigpu.pool import free_port  # noqa: E402
 from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward  # noqa: E402
 from stepvideo_pack.multigpu.sharding import resident_parameter_bytes, shard_blocks  # noqa: E402
 from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
@@ -80,12 +80,6 @@ def rank_main(rank, world, port, layouts, repeats, queue):
         if rank == 0:
             queue.put(((cfg, sequence, shard), statistics.median(times[1:]), resident_parameter_bytes(dit)))
     dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(world, layouts, repeats):

@@ -60,6 +60,7 @@ def parse_devices(text, world, cuda_count):
 
 
 def free_port():
+    """A TCP port free on 127.0.0.1 now (for a process group's rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

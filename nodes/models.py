@@ -5,7 +5,7 @@ from ..model_loaders.comfy_model import WEIGHT_DTYPES, load_stepvideo_model
 from ..model_loaders.vae_loader import load_vae
 from ..networks.attention import BACKENDS, HOST
 from ..samplers.flow_schedule import DEFAULT_SHIFT
-from .host import CATEGORY, require_finite, STEPVIDEO_FOLDER, folders, model_choices, model_path, preview_maps
+from .host import CATEGORY, STEPVIDEO_FOLDER, folders, model_choices, model_path, preview_maps, require_finite
 
 
 def preview_map_for(model_name):

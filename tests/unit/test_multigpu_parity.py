@@ -7,7 +7,6 @@ our single-process result within the same (float32) bound.
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ import_pack()
 
 from stepvideo_pack.model_loaders.dit_loader import load_dit  # noqa: E402
 from stepvideo_pack.multigpu.cfg_sampling import sample_cfg  # noqa: E402
+from stepvideo_pack.multigpu.pool import free_port  # noqa: E402
 from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward  # noqa: E402
 from stepvideo_pack.multigpu.sharding import resident_parameter_bytes, shard_blocks  # noqa: E402
 
@@ -60,12 +60,6 @@ def run_case(name, manifest, case, forward_of, shard=False):
         return {"latents": sample_cfg(forward, inputs["noise"], text, inputs["steps"], inputs["shift"],
                                       inputs["guidance"])}
     return {"out": forward(**inputs)}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_main(rank, world, port, out_dir):
