@@ -54,8 +54,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_FOLDER_NAME = "ComfyUI-StepVideo"
 DEFAULT_HOST_DIR = os.path.join(REPO, ".host", "ComfyUI")
 ARTIFACTS = os.path.join(REPO, "artifacts")
-EMBEDDED_MODEL_DIR = os.path.join(REPO, "weights", "stepvideo-tiny")
-EMBEDDED_MODEL_NAME = "stepvideo-tiny"  # its folder name under models/stepvideo/ (workflow_specs.EMBEDDED)
+EMBEDDED_MODEL_NAME = "stepvideo-tiny"  # the embedded model's folder, also its name under models/stepvideo/
+EMBEDDED_MODEL_DIR = os.path.join(REPO, "weights", EMBEDDED_MODEL_NAME)
 
 
 class HostError(RuntimeError):

@@ -7,10 +7,11 @@ offers it under that name).
 Input files are looked up in ComfyUI/input/ under the names in INPUT_FILES.
 """
 
+from comfy_host import EMBEDDED_MODEL_NAME
 from workflow_graph import Graph
 
 T2V, TURBO, TI2V = "stepvideo-t2v", "stepvideo-t2v-turbo", "stepvideo-ti2v"
-EMBEDDED = "stepvideo-tiny"
+EMBEDDED = EMBEDDED_MODEL_NAME
 INPUT_FILES = {"image": "stepvideo_first_frame.png", "last_image": "stepvideo_last_frame.png",
                "video": "stepvideo_clip.mp4", "video_b": "stepvideo_clip_b.mp4", "latent": "stepvideo_video.latent"}
 PROMPT_EN = "A red circle moves from the left to the right over a calm blue background."

@@ -18,10 +18,9 @@ from stepvideo_pack.media.mp4 import write_mp4
 from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY, detect_dit_config, dit_weights
 from stepvideo_pack.model_loaders.official_layout import save_transformer
 from stepvideo_pack.networks.dit import DiTConfig
-from workflow_specs import INPUT_FILES, T2V, TI2V, TURBO
+from workflow_specs import EMBEDDED, INPUT_FILES, T2V, TI2V, TURBO
 
 WIDTH, HEIGHT = 96, 64
-EMBEDDED = "stepvideo-tiny"  # weights/stepvideo-tiny, the trained small model
 EMBEDDED_MERGED = "stepvideo-tiny-lora-merged"  # its DiT with LORA merged into the weights
 LORA_RANK, LORA_ALPHA = 4, 2.0
 LORA_FILES = {"comfy": "stepvideo_tiny_comfy.safetensors", "diffusers": "stepvideo_tiny_diffusers.safetensors",
@@ -88,14 +87,14 @@ def lora_file(pairs, style):
 
 
 @pytest.fixture(scope="session")
-def embedded_models(host_models_dir):
+def embedded_models(comfy_host_unstarted):
     """models/stepvideo/stepvideo-tiny (the embedded model), one LoRA for its DiT in three key formats in
     models/loras/, and models/stepvideo/stepvideo-tiny-lora-merged: the same model with that LoRA merged at
     strength 1 (W + alpha / rank * up @ down, in float32). Returns {"lora_files": LORA_FILES}."""
+    host_models_dir = comfy_host_unstarted.models_dir
     root = os.path.join(host_models_dir, "stepvideo")
-    os.makedirs(root, exist_ok=True)
     source = os.path.join(REPO, "weights", EMBEDDED)
-    os.symlink(source, os.path.join(root, EMBEDDED), target_is_directory=True)
+    comfy_host_unstarted.offer_embedded_model()  # models/stepvideo/stepvideo-tiny, as `comfy_host.py serve` does
     weights = dit_weights(os.path.join(source, "transformer"))
     state = {k: weights.load(k).float() for k in weights.keys()}
     pairs = lora_pairs(state)
