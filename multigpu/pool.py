@@ -9,6 +9,7 @@ Workers run in their own session (a Ctrl+C meant for the server reaches them onl
 coordinator) and exit by themselves when the coordinator's connection closes, however it dies.
 """
 
+import contextlib
 import os
 import secrets
 import socket
@@ -22,6 +23,7 @@ from multiprocessing.connection import Listener, wait
 from .worker import recv, send
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+EXIT_GRACE_S = 5.0  # how long a worker whose connection closed may take to report its exit status
 
 
 class WorkerError(RuntimeError):
@@ -179,6 +181,10 @@ class WorkerPool:
                 try:
                     replies[rank] = recv(conn)
                 except (EOFError, OSError):
+                    # A dying process closes its sockets before its exit status is ready: give it a moment,
+                    # so the error names the exit code rather than only the closed connection.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.procs[rank].wait(timeout=EXIT_GRACE_S)
                     self._check_alive([rank], "during a request")
                     raise self._failure(f"worker rank {rank} closed its connection") from None
                 if replies[rank][0] == "error":
