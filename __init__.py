@@ -1,10 +1,19 @@
-"""ComfyUI entry point of the Step-Video node pack: node registration and model-folder setup only."""
+"""ComfyUI entry point of the Step-Video node pack: node registration and model-folder setup only.
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .nodes.host import register_model_folder
+Inside ComfyUI (which imports its ``folder_paths`` module before it loads any custom node) this registers the
+nodes. Imported anywhere else, as the library ``stepvideo_pack`` that tests, benchmarks and scripts use (see
+pyproject.toml), it registers nothing and the pure layers (networks, model_loaders, samplers, multigpu)
+import without the host.
+"""
 
-register_model_folder()
+import sys
 
-WEB_DIRECTORY = "./web"
+if "folder_paths" in sys.modules:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes.host import register_model_folder
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+    register_model_folder()
+
+    WEB_DIRECTORY = "./web"
+
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -3,7 +3,7 @@
 
     python benchmarks/core_nodes.py [--steps 20,50] [--size 128,256] [--thresholds 0.05,0.2] [--repeats 5] [--compile]
 
-On the real default host imported in this process (scripts/host_runtime.py), the embedded model samples
+On the real default host imported in this process (tests/harness/host_runtime.py), the embedded model samples
 "a red circle moves to the right" (seed 3, CFG 3, shift 5, 17 frames) once plain and once per step cache
 (the host's EasyCache and LazyCache node functions, start 0.15, end 0.95) and threshold. Reported per run:
 DiT forward calls (each is one batched cond + uncond pass, so calls skipped = steps skipped), the wall
@@ -12,20 +12,16 @@ TorchCompileModel wrapper (inductor): the first run (compiling) and a second one
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "research"))
-import behaviour_metrics  # noqa: E402  (loads the embedded model the way the nodes do, host imported)
+from research import behaviour_metrics  # first: it puts the host on the path and loads the model as the nodes do
 
-import comfy_api.torch_helpers  # noqa: E402
-import comfy_extras.nodes_easycache as caches  # noqa: E402
-from stepvideo_pack.nodes.sampling import run_official_sampler  # noqa: E402
+import comfy_api.torch_helpers
+import comfy_extras.nodes_easycache as caches
+from stepvideo_pack.nodes.sampling import run_official_sampler
 
 PROMPT = "a red circle moves to the right"
 

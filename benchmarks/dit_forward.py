@@ -10,19 +10,14 @@ seconds per forward, the ratio official/ours and the max abs difference of the o
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-sys.path.insert(0, HERE)
-from pack_path import import_pack  # noqa: E402
 
-import_pack()
-from official_import import default_checkout, official_available, official_dit  # noqa: E402
-from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
+from benchmarks.official_import import default_checkout, official_available, official_dit
+from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
 
 CASES = [  # (name, config, frames, height, width, dtype)
     ("1024 wide x 4 layers, 768 tokens, fp32", DiTConfig(num_heads=8, num_layers=4, ff_inner_dim=4096,

@@ -21,13 +21,10 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-from pack_path import import_pack  # noqa: E402
 
-import_pack()
-from stepvideo_pack.model_loaders.memory import dit_activation_bytes  # noqa: E402
-from stepvideo_pack.networks.dit import DiTConfig, TransformerBlock  # noqa: E402
-from stepvideo_pack.networks.rope3d import rope_grid, rope_tables  # noqa: E402
+from stepvideo_pack.model_loaders.memory import dit_activation_bytes
+from stepvideo_pack.networks.dit import DiTConfig, TransformerBlock
+from stepvideo_pack.networks.rope3d import rope_grid, rope_tables
 
 REAL = DiTConfig()
 

@@ -3,7 +3,7 @@
 
     python benchmarks/input_checks.py [--frames 3000] [--side 512]
 
-Each case runs in its own process on the real default host imported in-process (scripts/host_runtime.py);
+Each case runs in its own process on the real default host imported in-process (tests/harness/host_runtime.py);
 reported is the growth of the peak resident memory (VmHWM, reset before the case) over the resident
 memory when the case starts:
 
@@ -52,20 +52,13 @@ def _measure(work):
 
 
 def _host():
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    sys.path.insert(0, os.path.join(REPO, "research"))
-    from pack_path import import_pack
-    from host_runtime import import_host
+    from harness.host_runtime import import_host
 
-    import_pack()
     import_host()
 
 
 def case_image(variant):
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from pack_path import import_pack
 
-    import_pack()
     import torch
     import torch.nn.functional as F
 
@@ -126,7 +119,7 @@ def case_sampler(cfg, frames, side):
     _host()
     import torch
 
-    import behaviour_metrics
+    from research import behaviour_metrics
     from stepvideo_pack.model_loaders.memory import latent_bytes
     from stepvideo_pack.nodes.sampling import run_official_sampler
 

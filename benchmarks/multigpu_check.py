@@ -4,6 +4,8 @@
     torchrun --nproc-per-node N benchmarks/multigpu_check.py [--layers 4] [--size 544x992x204]
                                                              [--repeats 2] [--json out.json]
 
+(Outside the test environment, install the checkout first: `pip install --no-deps --no-build-isolation -e .`.)
+
 A DiT of the released width (48 heads x 128, FFN 24576) with ``--layers`` blocks and random bf16 weights
 (no download), inputs of the released model at ``--size`` (544x992x204 = 75,888 tokens), batch 2 (cond +
 uncond). Rank 0 first runs the plain one-GPU forward (the reference and the 1-GPU time); then every
@@ -29,13 +31,10 @@ import torch
 import torch.distributed as dist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-from pack_path import import_pack  # noqa: E402
 
-import_pack()
-from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward  # noqa: E402
-from stepvideo_pack.multigpu.sharding import shard_blocks  # noqa: E402
-from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
+from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward
+from stepvideo_pack.multigpu.sharding import shard_blocks
+from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
 
 
 def make_dit(config, device, dtype):

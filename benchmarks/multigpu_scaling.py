@@ -16,7 +16,6 @@
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -24,15 +23,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-from pack_path import import_pack  # noqa: E402
 
-import_pack()
-from stepvideo_pack.model_loaders.materialize import build_on_meta  # noqa: E402
-from stepvideo_pack.multigpu.pool import free_port  # noqa: E402
-from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward  # noqa: E402
-from stepvideo_pack.multigpu.sharding import resident_parameter_bytes, shard_blocks  # noqa: E402
-from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
+from stepvideo_pack.model_loaders.materialize import build_on_meta
+from stepvideo_pack.multigpu.pool import free_port
+from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward
+from stepvideo_pack.multigpu.sharding import resident_parameter_bytes, shard_blocks
+from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
 
 BENCH = DiTConfig(num_heads=8, num_layers=4, ff_inner_dim=4096, in_channels=16, out_channels=16,
                   caption_channels=(1024, 256))

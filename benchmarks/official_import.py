@@ -55,8 +55,8 @@ def import_official(checkout):
                  "xfuser.model_executor.models.customized",
                  "xfuser.model_executor.models.customized.step_video_t2v"):
         _module(name, __path__=[])
-    import stepvideo.modules.blocks as blocks  # noqa: E402
-    import stepvideo.modules.normalization as normalization  # noqa: E402
+    import stepvideo.modules.blocks as blocks
+    import stepvideo.modules.normalization as normalization
     sys.modules["xfuser.model_executor.models.customized.step_video_t2v.blocks"] = blocks
     sys.modules["xfuser.model_executor.models.customized.step_video_t2v.normalization"] = normalization
     return sys.modules["stepvideo"]

@@ -16,24 +16,19 @@ is 256 wide and takes the target format).
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "research"))
-
-import behaviour_metrics as bm  # noqa: E402  (imports the pack)
-import synthetic_data as sd  # noqa: E402
-from detectors import detect  # noqa: E402
-from stepvideo_pack.model_loaders.quantized_writer import convert  # noqa: E402
-from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder  # noqa: E402
-from stepvideo_pack.model_loaders.weight_files import open_weights  # noqa: E402
-from stepvideo_pack.networks.quant_formats import FORMATS  # noqa: E402
+from research import behaviour_metrics as bm  # imports the host and the pack
+from research import synthetic_data as sd
+from research.detectors import detect
+from stepvideo_pack.model_loaders.quantized_writer import convert
+from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder
+from stepvideo_pack.model_loaders.weight_files import open_weights
+from stepvideo_pack.networks.quant_formats import FORMATS
 
 
 def share_in_target(path, target):

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import torch
@@ -22,15 +21,12 @@ from safetensors.torch import load_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-from pack_path import import_pack  # noqa: E402
 
-import_pack()
-from parity import case_inputs  # noqa: E402
-from stepvideo_pack.model_loaders.dit_loader import load_dit  # noqa: E402
-from stepvideo_pack.model_loaders.quantized_writer import convert  # noqa: E402
-from stepvideo_pack.model_loaders.text_encoder_loader import load_step_llm  # noqa: E402
-from stepvideo_pack.networks.quant_formats import FORMATS  # noqa: E402
+from harness.parity import case_inputs
+from stepvideo_pack.model_loaders.dit_loader import load_dit
+from stepvideo_pack.model_loaders.quantized_writer import convert
+from stepvideo_pack.model_loaders.text_encoder_loader import load_step_llm
+from stepvideo_pack.networks.quant_formats import FORMATS
 
 FIXTURES = {"dit": ["dit_t2v_tiny", "dit_ti2v_tiny"], "step_llm": ["step_llm_tiny", "step_llm_mqa"]}
 UNQUANTIZED = "bf16 (unquantized)"

@@ -26,18 +26,15 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-from pack_path import import_pack  # noqa: E402
 
-import_pack()
-import convert_single_files  # noqa: E402
-from stepvideo_pack.model_loaders.materialize import build_on_meta  # noqa: E402
-from stepvideo_pack.model_loaders.memory import (GIB, dequantized_working_bytes, dit_activation_bytes,  # noqa: E402
+from stepvideo_pack.model_loaders import single_files
+from stepvideo_pack.model_loaders.materialize import build_on_meta
+from stepvideo_pack.model_loaders.memory import (GIB, dequantized_working_bytes, dit_activation_bytes,
                                                   stored_bytes)
-from stepvideo_pack.model_loaders.quantized_writer import convert  # noqa: E402
-from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
-from stepvideo_pack.networks.quant_formats import FORMATS  # noqa: E402
-from stepvideo_pack.networks.step_llm import StepLLM, StepLLMConfig  # noqa: E402
+from stepvideo_pack.model_loaders.quantized_writer import convert
+from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
+from stepvideo_pack.networks.quant_formats import FORMATS
+from stepvideo_pack.networks.step_llm import StepLLM, StepLLMConfig
 
 MIB = 2 ** 20
 FULL_DIT, FULL_LLM = DiTConfig(), StepLLMConfig()
@@ -54,8 +51,8 @@ def write_source(kind, folder):
                 lambda v=v, i=i: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.02)
                for i, (k, v) in enumerate(sorted(model.state_dict().items()))]
     if kind == "dit":
-        return convert_single_files.write_safetensors(os.path.join(folder, "dit.safetensors"), entries)
-    convert_single_files.write_safetensors(os.path.join(folder, "model.safetensors"), entries)
+        return single_files.write_safetensors(os.path.join(folder, "dit.safetensors"), entries)
+    single_files.write_safetensors(os.path.join(folder, "model.safetensors"), entries)
     cfg = ONE_LAYER_LLM
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump({"hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
@@ -68,11 +65,8 @@ def write_source(kind, folder):
 
 PROBE = r"""
 import json, os, statistics, sys, time
-sys.path.insert(0, sys.argv[1])
-from pack_path import import_pack
-import_pack()
 import torch
-torch.set_num_threads(int(sys.argv[6]))
+torch.set_num_threads(int(sys.argv[5]))
 from stepvideo_pack.model_loaders.dit_loader import load_dit
 from stepvideo_pack.model_loaders.text_encoder_loader import load_step_llm
 from stepvideo_pack.networks.rope3d import rope_grid, rope_tables
@@ -86,7 +80,7 @@ def reset_peak():
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
-kind, path, fmt, tokens, repeats = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[7])
+kind, path, fmt, tokens, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[6])
 reset_peak()
 before = status()
 start = time.perf_counter()
@@ -131,7 +125,7 @@ print(json.dumps({"load_seconds": load_seconds, "load_anon": loaded["RssAnon"] -
 
 
 def probe(kind, path, fmt, tokens, threads, repeats):
-    result = subprocess.run([sys.executable, "-c", PROBE, os.path.join(REPO, "scripts"), kind, path, fmt,
+    result = subprocess.run([sys.executable, "-c", PROBE, kind, path, fmt,
                              str(tokens), str(threads), str(repeats)], capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(result.stderr[-3000:])

@@ -32,14 +32,10 @@ import zlib
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-sys.path.insert(0, HERE)
-from pack_path import import_pack  # noqa: E402
 
-import_pack()
-from official_import import default_checkout, import_official, official_available  # noqa: E402
-from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VideoVAE  # noqa: E402
-from stepvideo_pack.networks.vae_blocks import store_conv_weights_channels_last  # noqa: E402
+from benchmarks.official_import import default_checkout, import_official, official_available
+from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VideoVAE
+from stepvideo_pack.networks.vae_blocks import store_conv_weights_channels_last
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

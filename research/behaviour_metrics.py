@@ -6,7 +6,7 @@
 prints every measurement and writes research/logs/behaviour.json (``--only a,b`` re-measures those and
 keeps the other entries; other ``--weights`` write only to an ``--out`` named for them). The model is
 loaded and sampled the way the nodes do it, on the real ComfyUI host imported in this process
-(scripts/host_runtime.py): the DiT as the MODEL of ``load_stepvideo_model`` (bf16 weights; the host
+(tests/harness/host_runtime.py): the DiT as the MODEL of ``load_stepvideo_model`` (bf16 weights; the host
 computes in fp32 on the CPU), sampling through ``nodes.sampling.run_official_sampler``, windows from
 ``samplers.modes``; the VAE in fp32 on the CPU and ``StepVideoTextEncoder``. Videos are judged by the
 hand-written detector of research/detectors.py.
@@ -16,19 +16,14 @@ Ground-truth clips come from dataset seed 4242, which training never used.
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-RESEARCH = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, RESEARCH)
+from harness.host_runtime import import_host
 
-import pack_import  # noqa: E402,F401
-from host_runtime import import_host  # noqa: E402
-
-import_host()
+import_host()  # the pack's nodes, imported below, import the host (comfy, latent_preview)
 from stepvideo_pack.media.frames import images_to_video, video_to_images  # noqa: E402
 from stepvideo_pack.model_loaders.comfy_model import load_stepvideo_model  # noqa: E402
 from stepvideo_pack.model_loaders.conditioning import to_conditioning  # noqa: E402
@@ -39,10 +34,11 @@ from stepvideo_pack.samplers.modes import (chain_windows, extension_window, imag
                                            keyframe_window, long_video_plan, sdedit_denoise)
 from stepvideo_pack.samplers.video_geometry import to_comfy, to_official  # noqa: E402
 
-import synthetic_data as sd  # noqa: E402
-from constructed_vae import encode_reference  # noqa: E402
-from detectors import detect, shape_mask  # noqa: E402
+from research import synthetic_data as sd  # noqa: E402
+from research.constructed_vae import encode_reference  # noqa: E402
+from research.detectors import detect, shape_mask  # noqa: E402
 
+RESEARCH = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS = os.path.join(os.path.dirname(RESEARCH), "weights", "stepvideo-tiny")
 SIZE = 128  # pixels, the model's training resolution
 STEPS, CFG, SHIFT = 20, 3.0, 5.0  # the recommended settings (TRAINING.md)

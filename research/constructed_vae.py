@@ -36,8 +36,7 @@ import math
 
 import torch
 
-import pack_import  # noqa: F401  (the pack as stepvideo_pack)
-from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VAEEncoderConfig, VideoVAE  # noqa: E402
+from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VAEEncoderConfig, VideoVAE
 
 Z_CHANNELS = 16
 VAE_CONFIG = VAEConfig(

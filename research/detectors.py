@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from synthetic_data import COLOURS, COLOUR_NAMES
+from research.synthetic_data import COLOURS, COLOUR_NAMES
 
 SATURATION_MIN, VALUE_MIN = 0.5, 0.35
 MIN_AREA = 0.002  # fraction of the frame below which no shape is seen in a frame

@@ -26,24 +26,19 @@ turn) at each listed CFG and counts the clips the detector sees moving as asked 
 import argparse
 import dataclasses
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-RESEARCH = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, RESEARCH)
+from stepvideo_pack.model_loaders import official_layout
 
-import pack_import  # noqa: E402,F401
-from stepvideo_pack.model_loaders import official_layout  # noqa: E402
-
-import behaviour_metrics  # noqa: E402
-import synthetic_data as sd  # noqa: E402
-import train_dit  # noqa: E402
-from detectors import detect  # noqa: E402
-from train_small_model import SIZE, clip_video, reference_latents  # noqa: E402
+from research import behaviour_metrics
+from research import synthetic_data as sd
+from research import train_dit
+from research.detectors import detect
+from research.train_small_model import SIZE, clip_video, reference_latents
 
 DATA_SEED = 777
 HELD_OUT = 32

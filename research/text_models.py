@@ -24,15 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import pack_import  # noqa: F401  (the pack as stepvideo_pack)
-from stepvideo_pack.model_loaders import official_layout  # noqa: E402
-from stepvideo_pack.model_loaders.text_encoding import MAGIC_PROMPTS  # noqa: E402
-from stepvideo_pack.model_loaders.text_tokenizers import (BERT_SPECIAL_TOKENS, BertTokenizer,  # noqa: E402
+from stepvideo_pack.model_loaders import official_layout
+from stepvideo_pack.model_loaders.text_encoding import MAGIC_PROMPTS
+from stepvideo_pack.model_loaders.text_tokenizers import (BERT_SPECIAL_TOKENS, BertTokenizer,
                                                           STEP_CONTROL_PIECES, STEP_OTHER_PIECES, StepTokenizer)
-from stepvideo_pack.networks.hunyuan_clip import HunyuanClip, HunyuanClipConfig  # noqa: E402
-from stepvideo_pack.networks.step_llm import StepLLM, StepLLMConfig  # noqa: E402
+from stepvideo_pack.networks.hunyuan_clip import HunyuanClip, HunyuanClipConfig
+from stepvideo_pack.networks.step_llm import StepLLM, StepLLMConfig
 
-import synthetic_data  # noqa: E402
+from research import synthetic_data
 
 STEP_VOCAB_SIZE = 512
 STEP_LLM_CONFIG = StepLLMConfig(hidden_size=256, num_layers=2, num_heads=2, num_groups=1, ffn_width=512,

@@ -35,17 +35,16 @@ import time
 import numpy as np
 import torch
 
-import pack_import  # noqa: F401  (the pack as stepvideo_pack)
-from stepvideo_pack.model_loaders.text_encoder_loader import (load_clip_tokenizer, load_hunyuan_clip,  # noqa: E402
+from stepvideo_pack.model_loaders.text_encoder_loader import (load_clip_tokenizer, load_hunyuan_clip,
                                                               load_step_llm, load_step_tokenizer)
-from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts  # noqa: E402
-from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
-from stepvideo_pack.samplers.flow_schedule import shifted  # noqa: E402
-from stepvideo_pack.samplers.video_geometry import LATENTS_PER_CHUNK  # noqa: E402
+from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder, compose_prompts
+from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
+from stepvideo_pack.samplers.flow_schedule import shifted
+from stepvideo_pack.samplers.video_geometry import LATENTS_PER_CHUNK
 
-import synthetic_data  # noqa: E402
-from text_models import CLIP_MAX_LENGTH, CLIP_WIDTH, LLM_MAX_LENGTH, MAGIC_PROBABILITY, STEP_LLM_CONFIG  # noqa: E402
-from constructed_vae import Z_CHANNELS  # noqa: E402
+from research import synthetic_data
+from research.text_models import CLIP_MAX_LENGTH, CLIP_WIDTH, LLM_MAX_LENGTH, MAGIC_PROBABILITY, STEP_LLM_CONFIG
+from research.constructed_vae import Z_CHANNELS
 
 # one 128-wide head (the RoPE split fixes the head width), 6 layers, 2 x 2 latent patches per token: at
 # 128 x 128 pixels a 17-frame chunk is 3 x 4 x 4 = 48 tokens. On the CPU budget this trained best per

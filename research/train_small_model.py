@@ -42,24 +42,20 @@ import sys
 import tempfile
 import time
 
+import torch
+
+from stepvideo_pack.model_loaders import official_layout
+from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY, load_dit
+from stepvideo_pack.media.frames import images_to_video
+from stepvideo_pack.model_loaders.vae_loader import load_vae
+
+from research import constructed_vae
+from research import synthetic_data
+from research import text_models
+from research import train_dit
+
 THREADS_DEFAULT = 1  # on the shared 2-core machine one thread was ~1.5x faster than two (no spin-waiting)
-
 RESEARCH = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, RESEARCH)
-
-import torch  # noqa: E402
-
-import pack_import  # noqa: E402,F401
-from stepvideo_pack.model_loaders import official_layout  # noqa: E402
-from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY, load_dit  # noqa: E402
-from stepvideo_pack.media.frames import images_to_video  # noqa: E402
-from stepvideo_pack.model_loaders.vae_loader import load_vae  # noqa: E402
-
-import constructed_vae  # noqa: E402
-import synthetic_data  # noqa: E402
-import text_models  # noqa: E402
-import train_dit  # noqa: E402
-
 LOG_DIR = os.path.join(RESEARCH, "logs")
 SIZE = 128  # training resolution (pixels, square): 8 x 8 latents
 DATASETS = {  # latent cache: (data seed = --seed + this, clip attributes pinned); research/synthetic_data.py

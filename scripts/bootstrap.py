@@ -9,6 +9,8 @@ Makes, inside the repository (all git-ignored):
                   environment variable COMFYUI_PATH names an existing ComfyUI checkout; then that one
                   is used and only its requirements are installed.
   .cache/         downloaded wheels, bootstrap logs, the lock that serialises concurrent runs.
+It also installs this checkout editable into .venv/ (pyproject.toml): tests, benchmarks and the research
+code import the pack as ``stepvideo_pack`` and the test harness as ``harness``, with no path changes.
 
 With --extra-hosts it also sets up every further ComfyUI the integration tests run against: each
 ``comfyui-<version>.tar.gz`` in ../shared/hosts (beside the project root; or the archives listed in
@@ -340,6 +342,21 @@ def verify_venv():
     say(out.stdout.strip().splitlines()[-1])
 
 
+EDITABLE_CHECK = "import stepvideo_pack, harness, research, benchmarks; print(stepvideo_pack.__path__[0])"
+
+
+def ensure_editable_install():
+    """Install this checkout editable into .venv/ unless .venv/ already imports ``stepvideo_pack`` from here
+    (a .venv/ copied or linked from another checkout points elsewhere, and would test that one's code)."""
+    out = subprocess.run([VENV_PYTHON, "-c", EDITABLE_CHECK], capture_output=True, text=True, cwd="/")
+    if out.returncode == 0 and os.path.realpath(out.stdout.strip()) == os.path.realpath(REPO):
+        return False
+    say("installing this checkout editable into .venv/ (stepvideo_pack, harness, research, benchmarks)")
+    run_logged([VENV_PYTHON, "-m", "pip", "install", "--progress-bar", "off", "--no-deps", "--no-build-isolation",
+                "-e", REPO], "pip-install-editable.log", "installing this checkout editable")
+    return True
+
+
 # ----------------------------------------------------------------------------------------- extra hosts
 
 def extra_host_archives():
@@ -440,6 +457,7 @@ def main():
         if ours:
             ensure_host_tree(host)
         changed = ensure_packages(host)
+        changed = ensure_editable_install() or changed
         if args.extra_hosts:
             for version, archive in extra_host_archives():
                 ensure_extra_host_venv(version, ensure_extra_host_tree(version, archive))

@@ -16,13 +16,10 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from comfy_host import ComfyClient, ComfyHost  # noqa: E402
+from harness.client import ComfyClient
+from harness.server import REPO, ComfyHost
 
 WORKFLOW = "text_to_video_embedded"
 DEFAULT_PROMPT = "a red circle moves to the right"

@@ -15,14 +15,12 @@ over the ranks (FSDP2); rank 0 decodes with the VAE and writes the MP4 and the l
 
 import argparse
 import os
-import sys
 import time
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pack_path import import_pack  # noqa: E402
+from pack_path import import_pack  # scripts/pack_path.py: the pack from this folder, whatever its name
 
 import_pack()
 

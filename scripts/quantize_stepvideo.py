@@ -13,12 +13,10 @@ written to OUT.partial and renamed when complete. Put DiT files in ComfyUI/model
 """
 
 import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pack_path import import_pack  # noqa: E402
+from pack_path import import_pack  # scripts/pack_path.py: the pack from this folder, whatever its name
 
 import_pack()
 

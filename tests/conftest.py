@@ -1,15 +1,20 @@
-"""Shared pytest setup: the pack is importable as ``stepvideo_pack`` (see scripts/pack_path.py); the
-scripts' and benchmarks' helper modules import by their file names."""
+"""Shared pytest setup. The tests import the pack as ``stepvideo_pack`` and the test harness as ``harness``
+(tests/harness), both installed editable into .venv/ by scripts/bootstrap.sh (see pyproject.toml). A .venv/
+made in another checkout would test that checkout's code, so the run stops if the packages live elsewhere."""
 
 import os
-import sys
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(TESTS_DIR)
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
-sys.path.insert(0, TESTS_DIR)
+import pytest
 
-from pack_path import import_pack  # noqa: E402
+import harness
+import stepvideo_pack
 
-import_pack()
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    for package, folder in ((stepvideo_pack, REPO_ROOT), (harness, os.path.join(REPO_ROOT, "tests", "harness"))):
+        found = os.path.realpath(package.__path__[0])
+        if found != os.path.realpath(folder):
+            raise pytest.UsageError(f"{package.__name__} is imported from {found}, not from this checkout's {folder}: "
+                                    "run scripts/bootstrap.sh here")

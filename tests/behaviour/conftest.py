@@ -6,15 +6,13 @@ produces the numbers reported in research/TRAINING.md.
 """
 
 import os
-import sys
 
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "research"))
+from research import behaviour_metrics
 
-import behaviour_metrics  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ broken mode produces (quoted: the baseline each test compares with).
 
 import pytest
 
-import behaviour_metrics as bm
+from research import behaviour_metrics as bm
 
 
 def test_image_to_video_keeps_the_first_frame(tiny):

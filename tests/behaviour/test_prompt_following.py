@@ -7,7 +7,7 @@ measured on the shipped weights (quoted) and far above chance.
 
 import pytest
 
-import behaviour_metrics as bm
+from research import behaviour_metrics as bm
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import torch
 
-import behaviour_metrics
-import direction_task
-import synthetic_data as sd
-import train_dit
-import train_small_model
-from detectors import detect, shape_mask
+from research import behaviour_metrics
+from research import direction_task
+from research import synthetic_data as sd
+from research import train_dit
+from research import train_small_model
+from research.detectors import detect, shape_mask
 from stepvideo_pack.model_loaders.dit_loader import load_dit
 from stepvideo_pack.model_loaders.text_encoding import StepVideoTextEncoder
 from stepvideo_pack.model_loaders.vae_loader import load_vae

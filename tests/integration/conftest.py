@@ -8,11 +8,11 @@ Fixtures (all session-scoped unless noted):
                      `host_models_dir`, puts files there and returns what tests need (paths, names),
                      define or import it in this file, and add its name to HOST_SETUP_FIXTURES.
                      Tests then request that fixture by name to get its value.
-  comfy_host         the started scripts/comfy_host.ComfyHost (.url, .client, .models_dir, .output_dir,
+  comfy_host         the started harness.server.ComfyHost (.url, .client, .models_dir, .output_dir,
                      .log_path, .assert_pack_loaded(), .pack_nodes()). Stopped at session end, even on
                      failure or Ctrl-C.
   comfy_client       comfy_host.client: queue_prompt / wait_for_history / run_prompt / output_files /
-                     fetch_output / interrupt / object_info / models (scripts/comfy_host.ComfyClient).
+                     fetch_output / interrupt / object_info / models (harness.client.ComfyClient).
   comfy_browser      (function scope) a ComfyBrowser (tests/integration/browser.py) on a freshly
                      loaded page; one Chromium per session, reloaded for each test.
   integration_artifacts_dir   artifacts/integration/ (server log, screenshots, browser logs).
@@ -26,17 +26,15 @@ A failing integration test gets the tail of the server log in its report.
 import json
 import os
 import struct
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "scripts"))
-from comfy_host import ARTIFACTS, ComfyHost, HostError
 from embedded_server import embedded_server  # noqa: F401  (a second server: `comfy_host.py serve`)
 from quantized_setup import quantized_models  # noqa: F401  (setup fixture, see above)
 from stepvideo_setup import embedded_models, stepvideo_inputs, stepvideo_models  # noqa: F401  (setup fixtures)
+from harness.client import HostError
+from harness.server import ARTIFACTS, ComfyHost
 
 # Session fixtures that must run before the server starts (e.g. ones writing tiny checkpoints into
 # host_models_dir). Order is kept. Each may depend on host_models_dir / host_input_dir / comfy_host_unstarted.

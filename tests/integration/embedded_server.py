@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from comfy_host import ComfyClient, HostError, free_port
+from harness.client import ComfyClient, HostError
+from harness.server import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -12,7 +12,7 @@ from stepvideo_pack.model_loaders.dit_loader import dit_weights
 from stepvideo_pack.model_loaders.quantized_files import PackedWeight
 from stepvideo_pack.model_loaders.quantized_writer import convert
 from stepvideo_pack.networks.quant_formats import dequantize
-from workflow_specs import T2V
+from harness.workflow_specs import T2V
 
 GGUF_DIT = "stepvideo_tiny_Q4_K.gguf"            # models/unet/
 FP8_DIT = "stepvideo_tiny_fp8_scaled.safetensors"  # models/diffusion_models/

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-import tiny_checkpoints
-from comfy_host import REPO
+from harness import tiny_checkpoints
+from harness.server import REPO
 from stepvideo_pack.media.mp4 import write_mp4
 from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY, detect_dit_config, dit_weights
 from stepvideo_pack.model_loaders.official_layout import save_transformer
 from stepvideo_pack.networks.dit import DiTConfig
-from workflow_specs import EMBEDDED, INPUT_FILES, T2V, TI2V, TURBO
+from harness.workflow_specs import EMBEDDED, INPUT_FILES, T2V, TI2V, TURBO
 
 WIDTH, HEIGHT = 96, 64
 EMBEDDED_MERGED = "stepvideo-tiny-lora-merged"  # its DiT with LORA merged into the weights

@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load, save_file
 
-from comfy_host import PromptRejected, status_str
+from harness.client import PromptRejected, status_str
 from stepvideo_setup import shrink
-from tiny_checkpoints import TINY_LATENT_CHANNELS
-from workflow_specs import T2V
+from harness.tiny_checkpoints import TINY_LATENT_CHANNELS
+from harness.workflow_specs import T2V
 
 WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
 DECODING = ("StepVideoVAEDecode", "StepVideoSaveVideo", "SaveImage")

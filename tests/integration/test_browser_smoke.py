@@ -6,7 +6,7 @@ import os
 
 from PIL import Image
 
-from comfy_host import status_str
+from harness.client import status_str
 
 WORKFLOWS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workflows")
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from comfy_host import status_str
+from harness.client import status_str
 from stepvideo_setup import SMALL, shrink
 from test_workflows import load_workflow, outputs_of_type, shipped_names
 

@@ -8,15 +8,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import websocket
 from PIL import Image
 from safetensors.torch import load
 
-from comfy_host import status_str
+from harness.client import status_str
 from stepvideo_setup import EMBEDDED, EMBEDDED_MERGED, LORA_FILES, text_to_latent_graph
-from tiny_checkpoints import TINY_CLIP_WIDTH
-from workflow_specs import T2V
+from harness.tiny_checkpoints import TINY_CLIP_WIDTH
+from harness.workflow_specs import T2V
 
 PROMPT, OTHER_PROMPT = "a red circle moves to the right", "a blue triangle moves up"
 SIZE, STEPS, CFG, SHIFT = 128, 8, 3.0, 5.0

@@ -10,7 +10,8 @@ import uuid
 import pytest
 from PIL import Image
 
-from comfy_host import REPO, ComfyHost, HostError, PromptRejected, status_messages, status_str
+from harness.client import HostError, PromptRejected, status_messages, status_str
+from harness.server import REPO, ComfyHost
 
 
 def test_server_is_up_on_cpu(comfy_host, comfy_client):

@@ -11,10 +11,10 @@ import signal
 import time
 
 import pytest
-import torch
 from safetensors.torch import load
 
-from comfy_host import REPO, ComfyHost, status_str
+from harness.client import status_str
+from harness.server import REPO, ComfyHost
 from stepvideo_setup import EMBEDDED, HEIGHT, WIDTH, text_to_latent_graph
 
 

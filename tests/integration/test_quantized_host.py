@@ -9,10 +9,10 @@ import subprocess
 import torch
 from safetensors.torch import load
 
-from comfy_host import default_comfyui_path, default_python
+from harness.server import default_comfyui_path, default_python
 from quantized_setup import FP8_DIT, GGUF_DIT, GGUF_LLM, LORA, LORA_BASE, MERGED
 from stepvideo_setup import HEIGHT, WIDTH, text_to_latent_graph
-from workflow_specs import T2V
+from harness.workflow_specs import T2V
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,14 +78,10 @@ def test_lora_on_a_quantized_dit_computes_the_merged_weights(comfy_client, quant
 
 HOST_PATHS_PROBE = r"""
 import sys, torch
-comfyui, scripts, base, lora_path, merged = sys.argv[1:6]
-sys.path[:0] = [comfyui, scripts]
-sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options
-comfy.options.enable_args_parsing()
+from harness.host_runtime import import_host
+comfyui, base, lora_path, merged = sys.argv[1:5]
+import_host(comfyui)
 import comfy.sd, comfy.utils
-from pack_path import import_pack
-import_pack()
 from stepvideo_pack.model_loaders.comfy_model import load_stepvideo_model
 
 def forward(patcher):
@@ -123,7 +119,7 @@ def test_lora_survives_the_hosts_full_and_partial_loading_paths(quantized_models
     """The host's ModelPatcher (its own Python, no server): streamed, fully loaded and partially unloaded
     layers all compute the merged weights, and unpatching removes the LoRA."""
     result = subprocess.run(
-        [default_python(), "-c", HOST_PATHS_PROBE, default_comfyui_path(), os.path.join(REPO, "scripts"),
+        [default_python(), "-c", HOST_PATHS_PROBE, default_comfyui_path(),
          quantized_models[LORA_BASE], quantized_models[LORA], quantized_models[MERGED]],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

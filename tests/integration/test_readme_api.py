@@ -34,7 +34,7 @@ def run_snippet(code, url, folder):
 
 
 def test_server_offers_only_the_embedded_model(embedded_server):
-    from comfy_host import ComfyClient
+    from harness.client import ComfyClient
     names = ComfyClient(embedded_server).object_info("StepVideoDiTLoader")["input"]["required"]["model_name"][0]
     assert "stepvideo-tiny" in names and {n.split("/")[0] for n in names} == {"stepvideo-tiny"}, names
 

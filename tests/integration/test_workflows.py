@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from safetensors.torch import load
 
-import build_workflows
-from comfy_host import PromptRejected, status_str
+from harness.workflow_specs import render_workflow_files
+from harness.client import PromptRejected, status_str
 from stepvideo_pack.media.mp4 import read_mp4_frames, read_mp4_metadata
 from stepvideo_pack.samplers.flow_schedule import partial_noise_levels
 from stepvideo_setup import BROKEN, CLEAN_CONTEXT, HEIGHT, MISSING_SHARD, WIDTH, shrink
-from workflow_specs import T2V, TURBO
+from harness.workflow_specs import T2V, TURBO
 
 WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
 # workflow -> frames of the saved video with the sizes of stepvideo_setup.SMALL (clips are 34 frames)
@@ -45,7 +45,7 @@ def test_every_workflow_exists_in_both_formats_and_matches_the_specs(comfy_clien
     names = shipped_names()
     assert set(EXPECTED_FRAMES) | {"text_to_image"} == set(names)
     assert sorted(n[:-5] for n in os.listdir(WORKFLOWS) if n.endswith(".json")) == names
-    regenerated = build_workflows.render(comfy_client.object_info())
+    regenerated = render_workflow_files(comfy_client.object_info())
     for relative, text in regenerated.items():
         with open(os.path.join(WORKFLOWS, relative), encoding="utf-8") as f:
             assert f.read() == text, f"workflows/{relative} is stale: run scripts/build_workflows.py"

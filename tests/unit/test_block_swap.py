@@ -7,9 +7,9 @@ in before the block, run on the copy, restore the home tensors after) is what is
 
 import torch
 
-from block_swap import BlockSwap
+from benchmarks.block_swap import BlockSwap
 from test_dit import dit_inputs
-from tiny_checkpoints import TINY_DIT, tiny_dit
+from harness.tiny_checkpoints import TINY_DIT, tiny_dit
 
 
 class CloningSwap(BlockSwap):

@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from keylists import weights_from_key_list
+from harness.keylists import weights_from_key_list
 from stepvideo_pack.model_loaders.dit_loader import detect_dit_config, dit_weights, load_dit
 from stepvideo_pack.model_loaders.errors import CheckpointError
 from stepvideo_pack.model_loaders.materialize import build_on_meta
 from stepvideo_pack.networks.attention import resolve_backend
 from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
-from tiny_checkpoints import TINY_DIT, tiny_dit, write_transformer
+from harness.tiny_checkpoints import TINY_DIT, tiny_dit, write_transformer
 
 RELEASED = DiTConfig()  # defaults = the released 30B model
 

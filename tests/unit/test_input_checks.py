@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from host_runtime import import_host
+from harness.host_runtime import import_host
 
 import_host()
 

@@ -1,5 +1,5 @@
 """The MODEL the DiT loader gives the host, against the host's own mechanisms, in this process on the real
-default host (scripts/host_runtime.py; no server): wrapper executors, per-block patches, attention
+default host (tests/harness/host_runtime.py; no server): wrapper executors, per-block patches, attention
 overrides, torch.compile, the LoRA key map, the latent format, and the text conditioning layout
 under the host's conditioning nodes. The same features through a running server, on both hosts, are
 in tests/integration/test_core_nodes.py."""
@@ -7,7 +7,7 @@ in tests/integration/test_core_nodes.py."""
 import pytest
 import torch
 
-from host_runtime import import_host
+from harness.host_runtime import import_host
 
 import_host()
 
@@ -18,7 +18,7 @@ import nodes as host_nodes  # noqa: E402  (the host's core nodes module)
 from stepvideo_pack.model_loaders.comfy_model import load_stepvideo_model  # noqa: E402
 from stepvideo_pack.model_loaders.conditioning import check_text_conditioning, dit_text_inputs  # noqa: E402
 from stepvideo_pack.model_loaders.official_layout import save_transformer  # noqa: E402
-from tiny_checkpoints import TINY_DIT, tiny_dit  # noqa: E402
+from harness.tiny_checkpoints import TINY_DIT, tiny_dit  # noqa: E402
 
 LLM_TOKENS = 12
 

@@ -14,15 +14,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from pack_path import import_pack
-
-import_pack()
-
-from stepvideo_pack.model_loaders.dit_loader import load_dit  # noqa: E402
-from stepvideo_pack.multigpu.cfg_sampling import sample_cfg  # noqa: E402
-from stepvideo_pack.multigpu.pool import free_port  # noqa: E402
-from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward  # noqa: E402
-from stepvideo_pack.multigpu.sharding import resident_parameter_bytes, shard_blocks  # noqa: E402
+from stepvideo_pack.model_loaders.dit_loader import load_dit
+from stepvideo_pack.multigpu.cfg_sampling import sample_cfg
+from stepvideo_pack.multigpu.pool import free_port
+from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward
+from stepvideo_pack.multigpu.sharding import resident_parameter_bytes, shard_blocks
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "parity")
 DIT_FIXTURES = ("dit_t2v_tiny", "dit_ti2v_tiny")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-import parity
+from harness import parity
 
 FIXTURE_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "parity")
 FIXTURES = parity.find_fixtures([FIXTURE_ROOT])

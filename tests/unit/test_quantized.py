@@ -259,28 +259,25 @@ def test_a_quantized_weight_on_a_layer_that_cannot_dequantize_is_refused(tmp_pat
 
 RAM_PROBE = r"""
 import os, sys, json
-sys.path.insert(0, sys.argv[1])
-from pack_path import import_pack
-import_pack()
 from stepvideo_pack.model_loaders.quantized_writer import convert
 
 def rss(field):
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
 
-convert(sys.argv[2], sys.argv[3] + ".warm.gguf", "Q8_0", chunk_values=1 << 16)  # imports and lazy inits done
-os.remove(sys.argv[3] + ".warm.gguf")
+convert(sys.argv[1], sys.argv[2] + ".warm.gguf", "Q8_0", chunk_values=1 << 16)  # imports and lazy inits done
+os.remove(sys.argv[2] + ".warm.gguf")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
 base = rss("VmRSS")
-convert(sys.argv[2], sys.argv[3], sys.argv[4], chunk_values=int(sys.argv[5]))
+convert(sys.argv[1], sys.argv[2], sys.argv[3], chunk_values=int(sys.argv[4]))
 print(json.dumps({"base": base, "peak": rss("VmHWM")}))
 """
 
 
 def write_wide_dit(path, layers=8, heads=8):
     """A random bf16 DiT checkpoint (official keys) written tensor by tensor: 1024 wide, ~0.26 GB."""
-    import convert_single_files
+    from stepvideo_pack.model_loaders import single_files
     from stepvideo_pack.model_loaders.materialize import build_on_meta
     from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
 
@@ -289,7 +286,7 @@ def write_wide_dit(path, layers=8, heads=8):
     entries = [(k, tuple(v.shape), torch.bfloat16,
                 lambda v=v, i=i: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.02)
                for i, (k, v) in enumerate(sorted(state.items()))]
-    convert_single_files.write_safetensors(path, entries)
+    single_files.write_safetensors(path, entries)
     return max(v.numel() for v in state.values()) * 2
 
 
@@ -300,8 +297,7 @@ def test_converter_peak_ram_stays_within_a_bound_far_below_the_model_size(name, 
     model_bytes = os.path.getsize(source)
     chunk = 1 << 18
     out = str(tmp_path / ("out" + SUFFIX[name]))
-    scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
-    result = subprocess.run([sys.executable, "-c", RAM_PROBE, scripts, source, out, name, str(chunk)],
+    result = subprocess.run([sys.executable, "-c", RAM_PROBE, source, out, name, str(chunk)],
                             capture_output=True, text=True, check=True)
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     grown = measured["peak"] - measured["base"]

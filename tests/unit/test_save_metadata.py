@@ -3,7 +3,7 @@ host's own savers, and nothing when ComfyUI runs with --disable-metadata (real d
 
 import json
 
-from host_runtime import import_host
+from harness.host_runtime import import_host
 
 import_host()
 

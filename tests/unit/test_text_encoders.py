@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import convert_single_files
-from keylists import weights_from_key_list
+from stepvideo_pack.model_loaders import single_files
+from harness.keylists import weights_from_key_list
 from stepvideo_pack.model_loaders.errors import CheckpointError
 from stepvideo_pack.model_loaders.materialize import build_on_meta
 from stepvideo_pack.model_loaders.official_layout import save_sharded
@@ -204,8 +204,8 @@ def test_single_file_round_trip_carries_tokenizer_and_config(tmp_path):
     llm_folder = official_step_llm_folder(str(tmp_path))
     clip_folder = official_clip_folder(str(tmp_path))
     llm_file, clip_file = str(tmp_path / "step_llm.safetensors"), str(tmp_path / "hunyuan_clip.safetensors")
-    assert convert_single_files.convert(llm_folder, llm_file)[0] == "step_llm"
-    assert convert_single_files.convert(clip_folder, clip_file)[0] == "hunyuan_clip"
+    assert single_files.convert(llm_folder, llm_file)[0] == "step_llm"
+    assert single_files.convert(clip_folder, clip_file)[0] == "hunyuan_clip"
     prompts = ["一只小猫 a small cat", ""]
     for folder, file, loader, tokenizer_loader, vocab in [
             (llm_folder, llm_file, lambda p: load_step_llm(p, dtype=torch.float32), load_step_tokenizer, 600),

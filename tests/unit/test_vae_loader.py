@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from keylists import weights_from_key_list
+from harness.keylists import weights_from_key_list
 from stepvideo_pack.model_loaders.errors import CheckpointError
 from stepvideo_pack.model_loaders.materialize import build_on_meta
 from stepvideo_pack.model_loaders.vae_loader import detect_vae_config, load_vae, module_to_file_key

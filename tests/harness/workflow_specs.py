@@ -7,8 +7,10 @@ offers it under that name).
 Input files are looked up in ComfyUI/input/ under the names in INPUT_FILES.
 """
 
-from comfy_host import EMBEDDED_MODEL_NAME
-from workflow_graph import Graph
+import json
+
+from .server import EMBEDDED_MODEL_NAME
+from .workflow_graph import Graph
 
 T2V, TURBO, TI2V = "stepvideo-t2v", "stepvideo-t2v-turbo", "stepvideo-ti2v"
 EMBEDDED = EMBEDDED_MODEL_NAME
@@ -205,3 +207,13 @@ def all_graphs():
         sdedit_video(),
         decode_saved_latent(),
     ]
+
+
+def render_workflow_files(object_info):
+    """{path relative to workflows/: JSON text} of every workflow in both formats, the nodes' inputs read
+    from the server's /object_info (scripts/build_workflows.py writes them; the integration tests compare)."""
+    files = {}
+    for graph in all_graphs():
+        files[f"{graph.name}.json"] = json.dumps(graph.ui(object_info), indent=1, ensure_ascii=False) + "\n"
+        files[f"api/{graph.name}.json"] = json.dumps(graph.api(object_info), indent=1, ensure_ascii=False) + "\n"
+    return files

@@ -4,15 +4,13 @@ scripts/parity.py and the behaviour tools sample through the same code the nodes
 wrapper, the host's guider, our sampler); that code imports the host (``comfy``, ``latent_preview``,
 ...). ``import_host()`` puts the ComfyUI checkout on ``sys.path`` (``COMFYUI_PATH``, else .host/ComfyUI
 made by scripts/bootstrap.sh) with the host's default settings (on the CPU where torch has no CUDA),
-and makes the pack importable as ``stepvideo_pack`` (its nodes as ``stepvideo_pack.nodes``).
+so that the pack's nodes import as ``stepvideo_pack.nodes``.
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfy_host import default_comfyui_path  # noqa: E402
-from pack_path import import_pack  # noqa: E402
+from .server import default_comfyui_path
 
 
 def import_host(comfyui_path=None):
@@ -28,5 +26,4 @@ def import_host(comfyui_path=None):
     if not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True  # what `main.py --cpu` sets: the host assumes a CUDA device otherwise
     import comfy.model_management  # noqa: F401
-    import_pack()
     return path

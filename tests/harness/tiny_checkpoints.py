@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Deterministic tiny random-weight Step-Video checkpoints in the OFFICIAL folder layout.
 
-    python scripts/tiny_checkpoints.py OUT_DIR [--seed N]
+    .venv/bin/python -m harness.tiny_checkpoints OUT_DIR [--seed N]
 
 writes OUT_DIR/{transformer,vae,step_llm,hunyuan_clip}/ exactly as an official download is laid
 out (see model_loaders/official_layout.py), with tiny widths. Tests and the host integration
@@ -11,21 +11,17 @@ suite load them through the same loaders as real weights; they prove plumbing, n
 import argparse
 import os
 import shutil
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pack_path import import_pack  # noqa: E402
+from stepvideo_pack.model_loaders import official_layout
+from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
+from stepvideo_pack.networks.step_llm import StepLLM, StepLLMConfig
+from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VAEEncoderConfig, VideoVAE
 
-import_pack()
+from . import FIXTURES
 
-from stepvideo_pack.model_loaders import official_layout  # noqa: E402
-from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
-from stepvideo_pack.networks.step_llm import StepLLM, StepLLMConfig  # noqa: E402
-from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VAEEncoderConfig, VideoVAE  # noqa: E402
-
-PARITY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "parity")
+PARITY = os.path.join(FIXTURES, "parity")
 STEP_TOKENIZER = os.path.join(PARITY, "step_tokenizer", official_layout.STEP_TOKENIZER_FILE)  # 1000 pieces
 TINY_CLIP = os.path.join(PARITY, "hunyuan_clip_tiny")  # BERT 64 wide, vocab 801, with its tokenizer
 

@@ -12,9 +12,10 @@ import torch
 
 from stepvideo_pack.model_loaders.weight_files import TensorInfo, WeightFiles
 
-KEYS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "shared", "reference", "keys")
-SNAPSHOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "keys")
+from . import FIXTURES, REPO
+
+KEYS_DIR = os.path.join(os.path.dirname(REPO), "shared", "reference", "keys")
+SNAPSHOT_DIR = os.path.join(FIXTURES, "keys")
 
 
 def key_list_path(name):
