@@ -4,6 +4,8 @@
     python benchmarks/gpu_check.py [--cap-gib 24] [--formats fp8_scaled,Q8_0,Q4_K]
                                    [--sizes 544x992x204,544x992x68] [--json out.json]
 
+(Outside the test environment, install the checkout first: `pip install --no-deps --no-build-isolation -e .`.)
+
 For each format the released DiT (48 blocks, 6144 wide) is built with random weights directly in that
 storage (random packed blocks with small fp16 scales: real layouts and sizes, meaningless values, so
 nothing needs quantizing or downloading), the process is capped with
@@ -12,7 +14,8 @@ activations (token chunks of 8192, one sample per forward = sequential CFG); the
 per block from pinned CPU memory (benchmarks/block_swap.py, a stand-in for what the host's partial loading does).
 One forward per size is timed after a warm-up forward at the smallest size; a CFG step is two such
 forwards. Then the released-width Video-VAE (random weights) decodes one 17-frame chunk of each size
-with tiling "auto" under the same cap. Prints one line per measurement and a summary table.
+with the tile size the VAE Decode node's "auto" picks under the same cap (vae_tiling.auto_tile_px
+of the memory free under the cap). Prints one line per measurement and a summary table.
 
 Budget (estimated, never run here: no GPU was lent): about 2 minutes per format on one H100 (random
 weights, pinning, a warm-up and two timed forwards of ~30 s at 75,888 tokens), so the three default
@@ -29,19 +32,17 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-from pack_path import import_pack  # noqa: E402
 
-import_pack()
-from stepvideo_pack.model_loaders.materialize import build_on_meta  # noqa: E402
-from stepvideo_pack.model_loaders.memory import GIB, dit_activation_bytes  # noqa: E402
-from stepvideo_pack.model_loaders.quantize import storage_for  # noqa: E402
-from stepvideo_pack.networks import attention as attention_module  # noqa: E402
-from block_swap import BlockSwap  # noqa: E402
-from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT  # noqa: E402
-from stepvideo_pack.networks.ops import CastOps  # noqa: E402
-from stepvideo_pack.networks.quant_formats import FORMATS  # noqa: E402
-from stepvideo_pack.networks.vae import VAEConfig, VideoVAE  # noqa: E402
+from stepvideo_pack.model_loaders.materialize import build_on_meta
+from stepvideo_pack.model_loaders.memory import GIB, dit_activation_bytes
+from stepvideo_pack.model_loaders.quantize import storage_for
+from stepvideo_pack.networks import attention as attention_module
+from benchmarks.block_swap import BlockSwap
+from stepvideo_pack.networks.dit import DiTConfig, StepVideoDiT
+from stepvideo_pack.networks.ops import CastOps
+from stepvideo_pack.networks.quant_formats import FORMATS
+from stepvideo_pack.networks.vae import VAEConfig, VideoVAE
+from stepvideo_pack.networks.vae_tiling import auto_tile_px, work_bytes_per_px
 
 ALL_FORMATS = ("bf16",) + tuple(FORMATS)
 CHUNK_TOKENS = 8192
@@ -159,7 +160,15 @@ def run_format(config, fmt, sizes, device, cap, backend, log):
     return results
 
 
-def vae_decode_peaks(sizes, device, tiny, log):
+def free_under_cap(device, cap):
+    """What the VAE Decode node's "auto" would count as free, under the per-process cap (CPU: the cap)."""
+    if device.type != "cuda":
+        return cap
+    free, _ = torch.cuda.mem_get_info(device)
+    return min(free, cap - torch.cuda.memory_allocated(device))
+
+
+def vae_decode_peaks(sizes, device, cap, tiny, log):
     config = VAEConfig()
     if tiny:
         from stepvideo_pack.networks.vae import VAEDecoderConfig, VAEEncoderConfig
@@ -179,10 +188,12 @@ def vae_decode_peaks(sizes, device, tiny, log):
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         with torch.no_grad():
-            frames = vae.decode(latent, tile_px="auto", overlap_px=64, output_device=torch.device("cpu"))
+            tile_px = auto_tile_px(free_under_cap(device, cap), work_bytes_per_px(vae, "decode"), height * 16,
+                                   width * 16, config.spatial_factor)
+            frames = vae.decode(latent, tile_px=tile_px, overlap_px=64, output_device=torch.device("cpu"))
         sync(device)
-        row = {"vae_size": size, "frames": int(frames.shape[1]), "decode_seconds": time.perf_counter() - start,
-               "decode_peak_gib": peak(device) / GIB}
+        row = {"vae_size": size, "tile_px": tile_px, "frames": int(frames.shape[1]),
+               "decode_seconds": time.perf_counter() - start, "decode_peak_gib": peak(device) / GIB}
         log(row)
         rows.append(row)
     return rows
@@ -225,7 +236,7 @@ def main(argv=None):
         except torch.cuda.OutOfMemoryError as e:
             log({"format": fmt, "error": f"out of memory under the cap: {e}"})
             torch.cuda.empty_cache()
-    report["vae"] = vae_decode_peaks(sizes, device, args.tiny, log)
+    report["vae"] = vae_decode_peaks(sizes, device, cap, args.tiny, log)
     print("\n| format | size | s / forward | s / CFG step | peak GiB | blocks resident |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in report["dit"]:

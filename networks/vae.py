@@ -24,7 +24,7 @@ from .vae_blocks import (AttentionBlock3D, CausalConv3d, Downsample2D, Downsampl
                          ResnetBlock3D, UnpatchifyConv, Upsample2D, Upsample3D, average_channel_groups,
                          channels_last, depth_to_space, duplicate_channels, group_norm_layer, group_norm_silu,
                          per_frame, space_to_depth)
-from .vae_tiling import map_tiles, plan_tiles, resolve_tile_px
+from .vae_tiling import map_tiles, plan_tiles
 
 RGB = 3
 LATENT_CHUNK = 3  # latent frames per independent chunk (official ``latent_len``)
@@ -308,15 +308,14 @@ class VideoVAE(nn.Module):
         """video (B, T, 3, H, W) in [-1, 1] -> (mean, logvar), each (B, T', z, H/16, W/16).
 
         Every 17-frame chunk is encoded independently; logvar is clamped to [-30, 20]. ``tile_px``
-        (pixels, or "auto") encodes each chunk in overlapping spatial tiles blended in latent space.
+        (pixels) encodes each chunk in overlapping spatial tiles blended in latent space.
         ``on_progress(done, total)`` is called after each chunk (or tile).
         """
         batch, frames, channels, height, width = video.shape
         self._check_pixels(video.shape)
         factor = self.config.spatial_factor
         spans = chunk_spans(frames, self.config.frame_len)
-        tiles = plan_tiles(height // factor, width // factor,
-                           resolve_tile_px(tile_px, "encode", self, height, width), overlap_px, factor)
+        tiles = plan_tiles(height // factor, width // factor, tile_px, overlap_px, factor)
         progress = WorkCounter(len(spans) * len(tiles), on_progress)
         out_channels = self.encoder.conv_out.conv.out_channels
         moments = torch.empty(
@@ -356,7 +355,7 @@ class VideoVAE(nn.Module):
         Streams chunks of 3 latents: each decoded chunk is written to ``out`` (allocated on
         ``output_device``, default the latent's device, if not given) and blended with the previous
         one before the next chunk starts, so the result equals the official full decode. With
-        ``tile_px`` (pixels, or "auto") each chunk is decoded in overlapping spatial tiles blended
+        ``tile_px`` (pixels; the nodes size it from free memory, vae_tiling.auto_tile_px) each chunk is decoded in overlapping spatial tiles blended
         with linear ramps over ``overlap_px`` (an approximation: peak memory follows the tile).
         ``on_progress(done, total)`` is called after every tile/chunk; if it raises, decoding stops
         there and every chunk already in ``out`` is complete (the last one not yet seam-blended).
@@ -367,8 +366,7 @@ class VideoVAE(nn.Module):
                              f"(layout (B, T, C, H, W)); got shape {list(latent.shape)}.")
         factor = self.config.spatial_factor
         spans = chunk_spans(frames, self.config.latent_len)
-        tiles = plan_tiles(height, width, resolve_tile_px(tile_px, "decode", self, height * factor, width * factor),
-                           overlap_px, factor)
+        tiles = plan_tiles(height, width, tile_px, overlap_px, factor)
         progress = WorkCounter(len(spans) * len(tiles), on_progress)
         shape = (batch, self.config.decoded_frames(frames), RGB, height * factor, width * factor)
         if out is None:

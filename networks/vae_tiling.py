@@ -20,7 +20,6 @@ one chunk): 25.5 KB per output pixel at 256x448 untiled, 25.6 KB per tile pixel 
 """
 
 import math
-import os
 
 import torch
 
@@ -136,23 +135,6 @@ def auto_tile_px(free_bytes, bytes_per_px, height, width, factor=16, min_px=128)
     return max(min_px, int(side) // factor * factor)
 
 
-def free_memory_bytes(device):
-    """Free memory of ``device``: CUDA free + PyTorch's cached-but-unused blocks; CPU: MemAvailable
-    (half the physical memory where /proc/meminfo does not exist)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-
-
 def work_bytes_per_px(vae, direction):
     """Peak activation bytes per output pixel of one chunk of ``vae`` in its dtype; direction "decode" or
     "encode" (the one estimate the tile planner and the nodes' memory requests share)."""
@@ -160,11 +142,3 @@ def work_bytes_per_px(vae, direction):
     if direction == "decode":
         return decode_bytes_per_px(vae.config.decoder, element_size, vae.config.latent_len)
     return encode_bytes_per_px(vae.config.encoder, element_size, vae.config.frame_len)
-
-
-def resolve_tile_px(tile_px, direction, vae, height, width):
-    """A user's tile choice (None, pixels, or "auto") -> pixels or None, for a (height, width) frame."""
-    if tile_px is None or tile_px != "auto":
-        return tile_px
-    return auto_tile_px(free_memory_bytes(vae.device), work_bytes_per_px(vae, direction), height, width,
-                        vae.config.spatial_factor)

@@ -14,7 +14,7 @@ import comfy.model_patcher
 
 from ..media.frames import crop_to_multiple, images_to_video, video_to_images
 from ..model_loaders.vae_loader import load_vae
-from ..networks.vae_tiling import DEFAULT_OVERLAP_PX, work_bytes_per_px
+from ..networks.vae_tiling import DEFAULT_OVERLAP_PX, auto_tile_px, work_bytes_per_px
 from ..samplers.video_geometry import to_comfy, to_official
 from ..samplers.video_geometry import snap_frames
 from .host import CATEGORY, Progress, model_choices, model_path, preview_maps, video_samples
@@ -43,27 +43,32 @@ class StepVideoVAE:
         return self.vae
 
 
-def tile_choice(tiling, tile_px):
-    """(tile_px argument of the VAE) for the node's tiling mode: auto -> sized from free memory."""
-    return {"auto": "auto", "off": None, "on": int(tile_px)}[tiling]
+def ready_with_tiles(handle, direction, tiling, tile_px, height, width):
+    """(VAE on its compute device, its tile_px) for the node's tiling mode and a frame of height x width pixels.
 
-
-def _tile_side(tile_px, frame_side):
-    return frame_side if tile_px in (None, "auto") else min(tile_px, frame_side)
+    off: whole frames; on: ``tile_px``; auto: the whole frame when its work fits, else the largest tile that
+    fits in what ComfyUI reports free on the VAE's device once the VAE is loaded (the host's own count, so
+    the models it unloaded to make room are counted as free)."""
+    per_px = work_bytes_per_px(handle.vae, direction)
+    requested = None if tiling != "on" else int(tile_px)
+    sides = [side if requested is None else min(requested, side) for side in (height, width)]
+    vae = handle.ready(int(per_px * sides[0] * sides[1]))  # asks ComfyUI to free that much first
+    if tiling != "auto":
+        return vae, requested
+    free = comfy.model_management.get_free_memory(vae.device)
+    return vae, auto_tile_px(free, per_px, height, width, vae.config.spatial_factor)
 
 
 def decode_latent(handle, samples, tiling="auto", tile_px=512, overlap_px=DEFAULT_OVERLAP_PX):
     """LATENT samples (B, C, T, h, w) -> IMAGE (B*frames, H, W, 3), streamed chunk by chunk with progress."""
     config = handle.vae.config
-    tile = tile_choice(tiling, tile_px)
     height, width = samples.shape[-2] * config.spatial_factor, samples.shape[-1] * config.spatial_factor
     frames = config.decoded_frames(samples.shape[2])
     output = samples.shape[0] * frames * height * width * 3 * 4
     require_ram("StepVideo VAE Decode", f"decoding {list(samples.shape)} to {samples.shape[0]} x {frames} frames of "
                 f"{width}x{height}", DECODE_OUTPUT_COPIES * output,
                 "decode a smaller latent (a saved LATENT can be decoded later where there is more memory).")
-    budget = work_bytes_per_px(handle.vae, "decode") * _tile_side(tile, height) * _tile_side(tile, width)
-    vae = handle.ready(int(budget))
+    vae, tile = ready_with_tiles(handle, "decode", tiling, tile_px, height, width)
     chunks = -(-samples.shape[2] // config.latent_len)
     video = vae.decode(to_official(samples), tile_px=tile, overlap_px=overlap_px,
                        on_progress=Progress(chunks), output_device=comfy.model_management.intermediate_device())
@@ -85,10 +90,7 @@ def encode_images(handle, images, tiling="auto", tile_px=512, overlap_px=DEFAULT
         log.info("StepVideo VAE: frames of %dx%d centre-cropped to %dx%d (multiples of %d)", images.shape[2],
                  images.shape[1], cropped.shape[2], cropped.shape[1], factor)
     video = images_to_video(cropped)
-    tile = tile_choice(tiling, tile_px)
-    height, width = video.shape[-2], video.shape[-1]
-    budget = work_bytes_per_px(handle.vae, "encode") * _tile_side(tile, height) * _tile_side(tile, width)
-    vae = handle.ready(int(budget))
+    vae, tile = ready_with_tiles(handle, "encode", tiling, tile_px, video.shape[-2], video.shape[-1])
     chunks = -(-frames // config.frame_len)
     latent = vae.encode(video, generator=generator, sample=sample, tile_px=tile, overlap_px=overlap_px,
                         on_progress=Progress(chunks), output_device=comfy.model_management.intermediate_device())
