@@ -355,8 +355,9 @@ class VideoVAE(nn.Module):
         Streams chunks of 3 latents: each decoded chunk is written to ``out`` (allocated on
         ``output_device``, default the latent's device, if not given) and blended with the previous
         one before the next chunk starts, so the result equals the official full decode. With
-        ``tile_px`` (pixels; the nodes size it from free memory, vae_tiling.auto_tile_px) each chunk is decoded in overlapping spatial tiles blended
-        with linear ramps over ``overlap_px`` (an approximation: peak memory follows the tile).
+        ``tile_px`` (pixels; the nodes size it from free memory with vae_tiling.auto_tile_px) each chunk
+        is decoded in overlapping spatial tiles blended with linear ramps over ``overlap_px`` (an
+        approximation: peak memory follows the tile).
         ``on_progress(done, total)`` is called after every tile/chunk; if it raises, decoding stops
         there and every chunk already in ``out`` is complete (the last one not yet seam-blended).
         """
