@@ -12,7 +12,13 @@ import torch
 
 from research import behaviour_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BEHAVIOUR_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if str(item.path).startswith(BEHAVIOUR_DIR + os.sep):
+            item.add_marker(pytest.mark.behaviour)
 
 
 @pytest.fixture(scope="session")

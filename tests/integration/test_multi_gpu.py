@@ -17,6 +17,8 @@ from harness.client import status_str
 from harness.server import REPO, ComfyHost
 from stepvideo_setup import EMBEDDED, HEIGHT, WIDTH, text_to_latent_graph
 
+pytestmark = pytest.mark.multigpu
+
 
 def worker_pids(server_pid):
     """Pids of the multi-GPU workers (multigpu/worker.py) the server process started."""

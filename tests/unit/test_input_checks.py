@@ -28,6 +28,8 @@ from stepvideo_pack.nodes.host import require_finite, require_finite_tensor  # n
 from stepvideo_pack.nodes.sampling import SEED_RANGE, OfficialEulerSampler, window_seed  # noqa: E402
 from stepvideo_pack.samplers.video_geometry import frames_within  # noqa: E402
 
+pytestmark = pytest.mark.host
+
 PARITY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "parity")
 TINY_CLIP = os.path.join(PARITY, "hunyuan_clip_tiny")
 TINY_LLM = os.path.join(PARITY, "step_llm_tiny")

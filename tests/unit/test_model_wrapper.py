@@ -20,6 +20,8 @@ from stepvideo_pack.model_loaders.conditioning import check_text_conditioning, d
 from stepvideo_pack.model_loaders.official_layout import save_transformer  # noqa: E402
 from harness.tiny_checkpoints import TINY_DIT, tiny_dit  # noqa: E402
 
+pytestmark = pytest.mark.host
+
 LLM_TOKENS = 12
 
 

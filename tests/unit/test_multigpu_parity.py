@@ -20,6 +20,8 @@ from stepvideo_pack.multigpu.pool import free_port
 from stepvideo_pack.multigpu.sequence_parallel import ParallelLayout, parallel_forward
 from stepvideo_pack.multigpu.sharding import resident_parameter_bytes, shard_blocks
 
+pytestmark = [pytest.mark.parity, pytest.mark.multigpu]
+
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "parity")
 DIT_FIXTURES = ("dit_t2v_tiny", "dit_ti2v_tiny")
 SAMPLE_FIXTURE = "sample_t2v_tiny"

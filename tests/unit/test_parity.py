@@ -7,6 +7,8 @@ import pytest
 
 from harness import parity
 
+pytestmark = [pytest.mark.parity, pytest.mark.host]
+
 FIXTURE_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "parity")
 FIXTURES = parity.find_fixtures([FIXTURE_ROOT])
 

@@ -3,12 +3,16 @@ host's own savers, and nothing when ComfyUI runs with --disable-metadata (real d
 
 import json
 
+import pytest
+
 from harness.host_runtime import import_host
 
 import_host()
 
 import comfy.cli_args  # noqa: E402
 from stepvideo_pack.nodes.host import save_metadata  # noqa: E402
+
+pytestmark = pytest.mark.host
 
 
 def test_prompt_and_workflow_are_saved_unless_the_host_disables_metadata(monkeypatch):

@@ -2,6 +2,7 @@
 "auto" sizes tiles from the free memory ComfyUI reports for the VAE's device, "on" takes the user's tile,
 "off" decodes whole frames."""
 
+import pytest
 import torch
 
 from harness.host_runtime import import_host
@@ -12,6 +13,8 @@ import comfy.model_management  # noqa: E402
 from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VAEEncoderConfig, VideoVAE  # noqa: E402
 from stepvideo_pack.networks.vae_tiling import auto_tile_px, work_bytes_per_px  # noqa: E402
 from stepvideo_pack.nodes.vae import StepVideoVAE, ready_with_tiles  # noqa: E402
+
+pytestmark = pytest.mark.host
 
 TINY = VAEConfig(VAEEncoderConfig(ch=32, ch_mult=(1, 1, 1, 2), z_channels=4),
                  VAEDecoderConfig(ch=32, ch_mult=(1, 1, 1, 2), z_channels=4))
