@@ -11,7 +11,6 @@ from ..model_loaders.memory import human_bytes
 from .host import CATEGORY, require_finite, save_metadata
 from .memory import FREE_FRACTION, cpu_free_bytes
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".gif")
 
 try:  # ComfyUI >= 0.3.30 has a VIDEO type
     from comfy_api.input_impl import VideoFromFile
@@ -68,7 +67,9 @@ class StepVideoLoadVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = sorted(f for f in os.listdir(folder_paths.get_input_directory()) if f.lower().endswith(VIDEO_SUFFIXES))
+        # the videos in input/ as the host's own loaders list them (by MIME type: .mp4, .webm, .mkv, .mov, ...)
+        files = sorted(folder_paths.filter_files_content_types(os.listdir(folder_paths.get_input_directory()),
+                                                               ["video"]))
         return {"required": {
             "video": (files or ["(put a video into ComfyUI/input)"],),
             "skip_frames": ("INT", {"default": 0, "min": 0, "max": 100000,

@@ -178,6 +178,16 @@ def test_load_video_decodes_only_the_frames_asked_for(comfy_host, comfy_client):
     assert rss.growth < 200 * MIB, f"{rss.growth / MIB:.0f} MiB"
 
 
+def test_load_video_offers_the_videos_in_input_as_the_host_lists_them(comfy_host, comfy_client):
+    """The same list as the core Load Video node's: by MIME type, so .avi is offered and a .gif (an image) is not."""
+    names = {"listed_clip.webm": True, "listed_clip.mkv": True, "listed_clip.avi": True, "listed_anim.gif": False,
+             "listed_still.png": False, "listed_notes.txt": False}
+    for name in names:
+        open(os.path.join(comfy_host.input_dir, name), "wb").close()
+    offered = comfy_client.object_info("StepVideoLoadVideo")["input"]["required"]["video"][0]
+    assert {name for name in names if name in offered} == {name for name, video in names.items() if video}, offered
+
+
 def test_a_file_that_is_not_a_video_gets_one_clear_line(comfy_host, comfy_client):
     name = "notes_not_a_video.mp4"
     with open(os.path.join(comfy_host.input_dir, name), "w", encoding="utf-8") as f:
