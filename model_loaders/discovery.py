@@ -59,7 +59,11 @@ def official_parts(roots, part):
 
 
 def single_files(roots):
-    """{file name relative to its root: path} of weight files directly usable as one model."""
+    """{file name relative to its root: path} of weight files directly usable as one model.
+
+    Not the host's ``folder_paths.get_filename_list``: that lists a folder by the extensions registered for
+    it, which for diffusion_models / text_encoders include pickles we refuse (.ckpt, .pt, .bin) and not .gguf;
+    adding .gguf there would make the core loaders offer files they cannot read."""
     found = {}
     for root in roots:
         if not os.path.isdir(root):
