@@ -18,7 +18,8 @@ import os
 import sys
 import time
 
-from harness.server import ARTIFACTS, EMBEDDED_MODEL_NAME, ComfyHost, HostError
+from harness.client import HostError
+from harness.server import ARTIFACTS, EMBEDDED_MODEL_NAME, ComfyHost
 
 
 def main():
