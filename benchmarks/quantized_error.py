@@ -19,9 +19,7 @@ import tempfile
 import torch
 from safetensors.torch import load_file
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-
+from harness import FIXTURES as FIXTURE_ROOT
 from harness.parity import case_inputs
 from stepvideo_pack.model_loaders.dit_loader import load_dit
 from stepvideo_pack.model_loaders.quantized_writer import convert
@@ -93,7 +91,7 @@ def table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixtures", default=os.path.join(REPO, "tests", "fixtures", "parity"))
+    parser.add_argument("--fixtures", default=os.path.join(FIXTURE_ROOT, "parity"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.manual_seed(0)

@@ -24,9 +24,8 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 
+from harness import FIXTURES
 from stepvideo_pack.model_loaders import single_files
 from stepvideo_pack.model_loaders.materialize import build_on_meta
 from stepvideo_pack.model_loaders.memory import (GIB, dequantized_working_bytes, dit_activation_bytes,
@@ -40,7 +39,7 @@ MIB = 2 ** 20
 FULL_DIT, FULL_LLM = DiTConfig(), StepLLMConfig()
 ONE_BLOCK_DIT = DiTConfig(num_layers=1)
 ONE_LAYER_LLM = StepLLMConfig(num_layers=1)
-STEP_TOKENIZER = os.path.join(REPO, "tests", "fixtures", "parity", "step_tokenizer", "step1_chat_tokenizer.model")
+STEP_TOKENIZER = os.path.join(FIXTURES, "parity", "step_tokenizer", "step1_chat_tokenizer.model")
 
 
 def write_source(kind, folder):

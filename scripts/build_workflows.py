@@ -10,7 +10,8 @@ this after changing a node's inputs or a spec.
 
 import os
 
-from harness.server import REPO, ComfyHost
+from harness import REPO
+from harness.server import ComfyHost
 from harness.workflow_specs import render_workflow_files
 
 WORKFLOWS = os.path.join(REPO, "workflows")

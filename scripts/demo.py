@@ -19,7 +19,8 @@ import re
 import time
 
 from harness.client import ComfyClient
-from harness.server import REPO, ComfyHost
+from harness import REPO
+from harness.server import ComfyHost
 
 WORKFLOW = "text_to_video_embedded"
 DEFAULT_PROMPT = "a red circle moves to the right"

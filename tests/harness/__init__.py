@@ -1,7 +1,7 @@
 """The test harness: what the tests, scripts/, benchmarks/ and research/ share to run the pack.
 
     client          a blocking client for ComfyUI's HTTP API (standard library only)
-    server          start and stop a real ComfyUI server with this pack linked in (standard library only)
+    server          start and stop a real ComfyUI server with this pack linked in
     host_runtime    import a ComfyUI checkout in this process (the pack's nodes without a server)
     tiny_checkpoints, keylists   random-weight checkpoints in the official layouts
     workflow_graph, workflow_specs   the shipped example workflows, built from /object_info

@@ -50,7 +50,7 @@ class ExecutionFailed(RuntimeError):
 # ------------------------------------------------------------------------------------------ client
 
 class ComfyClient:
-    """Blocking JSON client for the ComfyUI HTTP API (urllib only, so it also runs outside the venv)."""
+    """Blocking JSON client for the ComfyUI HTTP API (urllib only)."""
 
     def __init__(self, base_url, client_id=None):
         self.base_url = base_url.rstrip("/")

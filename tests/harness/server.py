@@ -1,4 +1,4 @@
-"""Start and stop a real ComfyUI server with this pack installed (standard library only).
+"""Start and stop a real ComfyUI server with this pack installed (no torch import: a CLI starts quickly).
 
     from harness.server import ComfyHost
     host = ComfyHost()                      # throwaway base directory; nothing starts yet
@@ -25,12 +25,13 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from stepvideo_pack.multigpu.pool import free_port
 
 from . import REPO
 from .client import ComfyClient, HostError
@@ -116,12 +117,6 @@ class GroupReaper:
                 self._watcher.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._watcher.kill()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def default_comfyui_path():

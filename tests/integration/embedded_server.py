@@ -14,10 +14,10 @@ import time
 
 import pytest
 
+from harness import REPO
 from harness.client import ComfyClient, HostError
-from harness.server import free_port
+from stepvideo_pack.multigpu.pool import free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="session")

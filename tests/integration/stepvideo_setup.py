@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from harness import tiny_checkpoints
-from harness.server import REPO
+from harness import REPO
 from stepvideo_pack.media.mp4 import write_mp4
 from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY, detect_dit_config, dit_weights
 from stepvideo_pack.model_loaders.official_layout import save_transformer

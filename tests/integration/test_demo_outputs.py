@@ -8,9 +8,9 @@ import os
 import subprocess
 import sys
 
+from harness import REPO
 from stepvideo_pack.media.mp4 import read_mp4_frames
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def demo(*args):

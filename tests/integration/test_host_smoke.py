@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from harness.client import HostError, PromptRejected, status_messages, status_str
-from harness.server import REPO, ComfyHost
+from harness import REPO
+from harness.server import ComfyHost
 
 
 def test_server_is_up_on_cpu(comfy_host, comfy_client):

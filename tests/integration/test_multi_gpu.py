@@ -14,7 +14,8 @@ import pytest
 from safetensors.torch import load
 
 from harness.client import status_str
-from harness.server import REPO, ComfyHost
+from harness import REPO
+from harness.server import ComfyHost
 from stepvideo_setup import EMBEDDED, HEIGHT, WIDTH, text_to_latent_graph
 
 pytestmark = pytest.mark.multigpu

@@ -3,7 +3,6 @@ a GGUF DiT (models/unet/) and a GGUF Step-LLM (models/text_encoders/), a scaled-
 bf16 one, and a LoRA on a quantized DiT computing what the LoRA merged into its weights computes —
 through POST /prompt, and through the host's partial-loading (lowvram) paths in the host's own Python."""
 
-import os
 import subprocess
 
 import torch
@@ -14,7 +13,6 @@ from quantized_setup import FP8_DIT, GGUF_DIT, GGUF_LLM, LORA, LORA_BASE, MERGED
 from stepvideo_setup import HEIGHT, WIDTH, text_to_latent_graph
 from harness.workflow_specs import T2V
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def text_to_latent(dit, step_llm=T2V, lora=None, seed=5, weight_dtype="default (bf16)", decode=False):

@@ -10,9 +10,9 @@ import re
 import subprocess
 import sys
 
+from harness import REPO
 from stepvideo_pack.media.mp4 import read_mp4_frames
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README_SERVER = 'server = "http://127.0.0.1:8188"'
 
 
