@@ -14,7 +14,6 @@ The output is written to ``<out>.partial`` and renamed only when complete: an in
 conversion never leaves a file under the final name.
 """
 
-import json
 import os
 import struct
 
@@ -32,11 +31,10 @@ from .quantize import fp8_scale, quantize_fp8, quantize_rows, storage_for
 from .quantized_files import FORMAT_KEY, SCALE_SUFFIX, SCALED_FP8_MARKER, is_quantized, safetensors_layout
 from .official_layout import STEP_TOKENIZER_FILE
 from .text_encoder_loader import EMBEDDED_FILES, detect_step_llm_config, locate_step_tokenizer, step_llm_weights
-from .weight_files import SAFETENSORS_DTYPES, open_weights
+from .weight_files import SAFETENSORS_DTYPE_NAMES, open_weights, safetensors_header
 
 DEFAULT_CHUNK_VALUES = 1 << 22
 GGUF_ARCHITECTURES = {"dit": "stepvideo_dit", "step_llm": "step_llm"}
-DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 class Entry:
@@ -158,24 +156,16 @@ def _absmax(entry, chunk_values):
 
 def _write_safetensors(partial, entries, metadata, chunk_values, progress):
     """Scaled-fp8 safetensors: each fp8 weight followed by its float32 scalar ``scale_weight``; a marker."""
-    header, offset = {}, 0
-
-    def add(name, dtype, shape, size):
-        nonlocal offset
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-
+    layout = []
     for entry in entries:
         fp8 = entry.storage == "fp8_scaled"
-        add(entry.name, "F8_E4M3" if fp8 else DTYPE_NAMES[entry.dtype], entry.shape, entry.nbytes)
+        layout.append((entry.name, "F8_E4M3" if fp8 else SAFETENSORS_DTYPE_NAMES[entry.dtype], entry.shape,
+                       entry.nbytes))
         if fp8:
-            add(entry.name[:-len(".weight")] + SCALE_SUFFIX, "F32", (), 4)
-    add(SCALED_FP8_MARKER, "F8_E4M3", (0,), 0)
-    header["__metadata__"] = metadata
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
+            layout.append((entry.name[:-len(".weight")] + SCALE_SUFFIX, "F32", (), 4))
+    layout.append((SCALED_FP8_MARKER, "F8_E4M3", (0,), 0))
     with open(partial, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
+        f.write(safetensors_header(layout, metadata))
         for done, entry in enumerate(entries, 1):
             if entry.storage == "fp8_scaled":
                 entry.scale = fp8_scale(_absmax(entry, chunk_values))

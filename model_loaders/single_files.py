@@ -7,39 +7,27 @@ and pooler) in their stored dtypes, plus the tokenizer files and config.json as 
 Tensors are written one at a time: converting the 39 GB Step-LLM needs about as much free disk, not RAM.
 """
 
-import json
+import math
 import os
-import struct
 
 import torch
 
 from . import text_encoder_loader as loader
 from .errors import CheckpointError
 from .identify import identify
-from .weight_files import SAFETENSORS_DTYPES, open_weights
+from .weight_files import SAFETENSORS_DTYPE_NAMES, open_weights, safetensors_header
 
-DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 CLIP_KEY_PREFIX = "bert."  # the official checkpoint's prefix, kept so other tools recognise the file
 
 
 def write_safetensors(path, entries, metadata=None):
     """Write a safetensors file tensor by tensor. entries: [(name, shape, dtype, fetch)] where fetch()
     returns the tensor; only one tensor is in memory at a time. Written to ``path + '.partial'`` first."""
-    header, offset = {}, 0
-    for name, shape, dtype, _ in entries:
-        size = dtype.itemsize
-        for dim in shape:
-            size *= dim
-        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    if metadata:
-        header["__metadata__"] = metadata
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
+    layout = [(name, SAFETENSORS_DTYPE_NAMES[dtype], shape, dtype.itemsize * math.prod(shape))
+              for name, shape, dtype, _ in entries]
     partial = path + ".partial"
     with open(partial, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
+        f.write(safetensors_header(layout, metadata))
         for name, shape, dtype, fetch in entries:
             tensor = fetch().to(dtype).contiguous()
             if tuple(tensor.shape) != tuple(shape):

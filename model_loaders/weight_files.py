@@ -33,6 +33,22 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+SAFETENSORS_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+
+
+def safetensors_header(tensors, metadata=None):
+    """The bytes a safetensors file starts with, for data written right after them: the 8-byte header length
+    and the JSON header (padded so the data starts 8-byte aligned). tensors: [(name, dtype name such as
+    "BF16", shape, byte size)] in the order their data follows, back to back."""
+    header, offset = {}, 0
+    for name, dtype_name, shape, size in tensors:
+        header[name] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
 
 
 @dataclass(frozen=True)
