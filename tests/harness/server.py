@@ -119,6 +119,23 @@ class GroupReaper:
                 self._watcher.kill()
 
 
+def wait_until_serving(proc, client, timeout, poll=0.25):
+    """Return once the server process ``proc`` answers ``client``'s GET /system_stats; HostError when the
+    process exits first ("exited with code N while starting") or ``timeout`` seconds pass ("not ready")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise HostError(f"ComfyUI exited with code {proc.returncode} while starting")
+        try:
+            client.system_stats(timeout=2)
+            return
+        except (OSError, HostError):
+            pass
+        if time.monotonic() > deadline:
+            raise HostError(f"ComfyUI not ready after {timeout} s")
+        time.sleep(poll)
+
+
 def default_comfyui_path():
     return os.path.abspath(os.environ.get("COMFYUI_PATH") or DEFAULT_HOST_DIR)
 
@@ -239,30 +256,17 @@ class ComfyHost:
                 _LIVE_HOSTS.add(self)
             self.client = ComfyClient(self.url)
             try:
-                self._wait_ready(t0)
-                self.startup_seconds = time.monotonic() - t0
-                return self
-            except HostError:
+                wait_until_serving(self.proc, self.client, self.startup_timeout)
+            except HostError as e:
+                failure = HostError(f"{e}; log {self.log_path}:\n{self.log_tail()}")
                 retry = ("address already in use" in self.log_tail(4000).lower()
                          and self.requested_port is None and attempt < 2)
                 self.stop(remove_base=not retry)
                 if not retry:
-                    raise
-
-    def _wait_ready(self, t0):
-        while True:
-            if self.proc.poll() is not None:
-                raise HostError(f"ComfyUI exited with code {self.proc.returncode} while starting; "
-                                f"log {self.log_path}:\n{self.log_tail()}")
-            try:
-                self.client.system_stats(timeout=2)
-                return
-            except (OSError, HostError):
-                pass
-            if time.monotonic() - t0 > self.startup_timeout:
-                raise HostError(f"ComfyUI not ready after {self.startup_timeout} s; log {self.log_path}:\n"
-                                f"{self.log_tail()}")
-            time.sleep(0.25)
+                    raise failure from None
+                continue
+            self.startup_seconds = time.monotonic() - t0
+            return self
 
     def stop(self, remove_base=True):
         """Terminate the process group, kill it after 10 s; idempotent. Removes a throwaway base dir."""

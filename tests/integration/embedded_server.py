@@ -10,12 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from harness import REPO
 from harness.client import ComfyClient, HostError
+from harness.server import wait_until_serving
 from stepvideo_pack.multigpu.pool import free_port
 
 
@@ -31,17 +31,10 @@ def embedded_server(integration_artifacts_dir):
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        client, deadline = ComfyClient(url), time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`comfy_host.py serve` exited with {proc.returncode}; see {log}", pytrace=False)
-            try:
-                client.system_stats(timeout=2)
-                break
-            except (OSError, HostError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"`comfy_host.py serve` not ready after 180 s; see {log}", pytrace=False)
-                time.sleep(0.5)
+        try:
+            wait_until_serving(proc, ComfyClient(url), timeout=180, poll=0.5)
+        except HostError as e:
+            pytest.fail(f"`comfy_host.py serve`: {e}; see {log}", pytrace=False)
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)  # the CLI stops its server on SIGTERM
