@@ -22,19 +22,12 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+from harness.peak_rss import status_bytes
 from stepvideo_pack.model_loaders.memory import dit_activation_bytes
 from stepvideo_pack.networks.dit import DiTConfig, TransformerBlock
 from stepvideo_pack.networks.rope3d import rope_grid, rope_tables
 
 REAL = DiTConfig()
-
-
-def rss_bytes():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def peak_rss_bytes():
@@ -66,7 +59,7 @@ def run_variant(tokens, chunk, repeats, device):
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
             else:
-                base = rss_bytes()
+                base = status_bytes("VmRSS")
             start = time.perf_counter()
             block(x, modulation, context, mask, cos, sin, "sdpa", chunk or None)
             if device == "cuda":

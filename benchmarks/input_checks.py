@@ -26,27 +26,19 @@ import subprocess
 import sys
 import tempfile
 
+from harness.peak_rss import PeakGrowth
+
 GIB = 1024 ** 3
-
-
-def _kib(field):
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
 
 
 def _measure(work):
     """(peak RSS growth in bytes, result or the exception's text) of ``work()``."""
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    start = _kib("VmRSS")
-    try:
-        result = work()
-    except Exception as e:  # noqa: BLE001  (the refusals are the point)
-        result = f"{type(e).__name__}: {str(e)[:160]}"
-    return _kib("VmHWM") - start, result
+    with PeakGrowth() as peak:
+        try:
+            result = work()
+        except Exception as e:  # noqa: BLE001  (the refusals are the point)
+            result = f"{type(e).__name__}: {str(e)[:160]}"
+    return peak.growth, result
 
 
 def _host():

@@ -69,15 +69,10 @@ torch.set_num_threads(int(sys.argv[5]))
 from stepvideo_pack.model_loaders.dit_loader import load_dit
 from stepvideo_pack.model_loaders.text_encoder_loader import load_step_llm
 from stepvideo_pack.networks.rope3d import rope_grid, rope_tables
+from harness.peak_rss import reset_peak, status_bytes
 
 def status():
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
-
-def reset_peak():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    return {k: status_bytes(k) for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
 
 kind, path, fmt, tokens, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[6])
 reset_peak()

@@ -34,26 +34,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 from benchmarks.official_import import default_checkout, import_official, official_available
+from harness.peak_rss import reset_peak, status_bytes
 from stepvideo_pack.networks.vae import VAEConfig, VAEDecoderConfig, VideoVAE
 from stepvideo_pack.networks.vae_blocks import store_conv_weights_channels_last
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def status_bytes(field):
-    """VmRSS / VmHWM of this process from /proc/self/status."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss():
-    """Restart the RSS high-water mark from the current RSS (Linux >= 4.0), so that building and
-    filling the weights (which needs transient copies) does not count as part of the decode."""
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-        f.write("5")
 
 
 def fill_deterministic(module, dtype):
@@ -112,7 +97,7 @@ def run_child(args):
     factor = 16
     latent = torch.randn(1, args.latent_frames, config.z_channels, args.height // factor, args.width // factor,
                          generator=gen).to(dtype)
-    reset_peak_rss()
+    reset_peak()  # building and filling the weights (transient copies) is not part of the decode
     base = status_bytes("VmRSS")
     start, cpu_start = time.perf_counter(), time.process_time()
     with torch.no_grad():

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load, save_file
 
 from harness.client import PromptRejected, status_str
+from harness.peak_rss import PeakGrowth
 from stepvideo_setup import shrink
 from harness.tiny_checkpoints import TINY_LATENT_CHANNELS
 from harness.workflow_specs import T2V
@@ -38,27 +39,6 @@ def workflow(name):
 
 def node(prompt, class_type):
     return next(k for k, v in prompt.items() if v["class_type"] == class_type)
-
-
-def status_kib(pid, field):
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) * 1024
-
-
-class PeakRss:
-    """The server's peak RSS growth over one prompt: VmHWM reset to the current RSS (clear_refs 5) first."""
-
-    def __init__(self, host):
-        self.pid = host.proc.pid
-
-    def __enter__(self):
-        with open(f"/proc/{self.pid}/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        self.start = status_kib(self.pid, "VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        self.growth = status_kib(self.pid, "VmHWM") - self.start
 
 
 def run(client, prompt):
@@ -129,7 +109,7 @@ def test_a_latent_that_cannot_fit_is_refused_before_allocating(build, comfy_host
         prompt[node(prompt, "StepVideoImageToVideo")]["inputs"].update(width=4096, height=4096, frames=1020,
                                                                         batch_size=16)
         node_type, shape = "StepVideoImageToVideo", "[16, "
-    with PeakRss(comfy_host) as rss:
+    with PeakGrowth(comfy_host.proc.pid) as rss:
         found, message = refusal(run(comfy_client, prompt))
     assert found == node_type and shape in message and " fit" in message and "GiB" in message, message
     assert rss.growth < 256 * MIB, f"refusing took {rss.growth / MIB:.0f} MiB"
@@ -144,7 +124,7 @@ def test_an_extreme_image_into_image_to_video_costs_only_the_output(comfy_host, 
     prompt[node(prompt, "StepVideoImageToVideo")]["inputs"].update(width=256, height=256, frames=17)
     prompt[node(prompt, "StepVideoSampler")]["inputs"]["steps"] = 1
     comfy_client.run_prompt(workflow("image_to_video"), timeout=240)  # models loaded and prompts cached first
-    with PeakRss(comfy_host) as rss:
+    with PeakGrowth(comfy_host.proc.pid) as rss:
         entry = comfy_client.run_prompt(prompt, timeout=240)
     assert tuple(saved_latent(comfy_client, entry).shape[2:]) == (3, 16, 16)
     print(f"2x8000 PNG -> 256x256 Image To Video: server peak RSS growth {rss.growth / MIB:.0f} MiB")
@@ -167,7 +147,7 @@ def test_load_video_decodes_only_the_frames_asked_for(comfy_host, comfy_client):
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
                         "testsrc=size=320x320:rate=25", "-frames:v", "1500", "-c:v", "libx264", "-preset",
                         "ultrafast", "-pix_fmt", "yuv420p", path], check=True)
-    with PeakRss(comfy_host) as rss:
+    with PeakGrowth(comfy_host.proc.pid) as rss:
         entry = comfy_client.run_prompt(load_video_prompt(name, 1400, 17), timeout=120)
     (video,) = comfy_client.output_files(entry)
     data = comfy_client.fetch_output(video)

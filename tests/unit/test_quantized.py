@@ -259,19 +259,14 @@ def test_a_quantized_weight_on_a_layer_that_cannot_dequantize_is_refused(tmp_pat
 
 RAM_PROBE = r"""
 import os, sys, json
+from harness.peak_rss import PeakGrowth
 from stepvideo_pack.model_loaders.quantized_writer import convert
-
-def rss(field):
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
 
 convert(sys.argv[1], sys.argv[2] + ".warm.gguf", "Q8_0", chunk_values=1 << 16)  # imports and lazy inits done
 os.remove(sys.argv[2] + ".warm.gguf")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-base = rss("VmRSS")
-convert(sys.argv[1], sys.argv[2], sys.argv[3], chunk_values=int(sys.argv[4]))
-print(json.dumps({"base": base, "peak": rss("VmHWM")}))
+with PeakGrowth() as peak:
+    convert(sys.argv[1], sys.argv[2], sys.argv[3], chunk_values=int(sys.argv[4]))
+print(json.dumps({"base": peak.start, "peak": peak.peak}))
 """
 
 
