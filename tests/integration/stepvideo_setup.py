@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load, save_file
 
-from harness import tiny_checkpoints
-from harness import REPO
+from harness import REPO, tiny_checkpoints
 from stepvideo_pack.media.mp4 import write_mp4
 from stepvideo_pack.model_loaders.dit_loader import KNOWN_LATENTS_KEY, detect_dit_config, dit_weights
 from stepvideo_pack.model_loaders.official_layout import save_transformer
@@ -160,6 +159,13 @@ def shrink(prompt):
                 inputs[name] = value(inputs[name]) if callable(value) else value
         small[node_id] = {**node, "inputs": inputs}
     return small
+
+
+def saved_latent(client, entry, node_id=None):
+    """The latent tensor (B, C, T, h, w) of the one .latent file a history entry saved (of ``node_id``)."""
+    files = [f for f in client.output_files(entry, node_id) if f["filename"].endswith(".latent")]
+    assert len(files) == 1, entry["outputs"]
+    return load(client.fetch_output(files[0]))["latent_tensor"]
 
 
 def text_to_latent_graph(dit, step_llm, hunyuan_clip, size=(WIDTH, HEIGHT, 17), steps=3, cfg=3.0, shift=5.0, seed=5,

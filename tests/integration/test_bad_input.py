@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load, save_file
+from safetensors.torch import save_file
 
 from harness.client import PromptRejected, status_str
 from harness.peak_rss import PeakGrowth
-from stepvideo_setup import shrink
+from stepvideo_setup import saved_latent, shrink
 from harness.tiny_checkpoints import TINY_LATENT_CHANNELS
 from harness.workflow_specs import T2V
 
@@ -86,12 +86,6 @@ def model_file(comfy_host):
             shutil.rmtree(item)
         elif os.path.exists(item):
             os.remove(item)
-
-
-def saved_latent(client, entry):
-    files = [f for f in client.output_files(entry) if f["filename"].endswith(".latent")]
-    assert len(files) == 1, entry["outputs"]
-    return load(client.fetch_output(files[0]))["latent_tensor"]
 
 
 # --- 1. memory: refuse before allocating ---------------------------------------------------------------

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import websocket
 from PIL import Image
-from safetensors.torch import load
 
 from harness.client import status_str
-from stepvideo_setup import EMBEDDED, EMBEDDED_MERGED, LORA_FILES, text_to_latent_graph
+from stepvideo_setup import EMBEDDED, EMBEDDED_MERGED, LORA_FILES, saved_latent, text_to_latent_graph
 from harness.tiny_checkpoints import TINY_CLIP_WIDTH
 from harness.workflow_specs import T2V
 
@@ -36,10 +35,7 @@ def t2v_graph(model=EMBEDDED, weight_dtype="fp32", steps=STEPS, cfg=CFG, seed=3,
 
 
 def latent_of(client, graph, timeout=300):
-    entry = client.run_prompt(graph, timeout=timeout)
-    files = [f for f in client.output_files(entry, "6") if f["filename"].endswith(".latent")]
-    assert len(files) == 1, entry["outputs"]
-    return load(client.fetch_output(files[0]))["latent_tensor"]
+    return saved_latent(client, client.run_prompt(graph, timeout=timeout), "6")
 
 
 def relative_difference(a, b):

@@ -11,12 +11,11 @@ import signal
 import time
 
 import pytest
-from safetensors.torch import load
 
 from harness.client import status_str
 from harness import REPO
 from harness.server import ComfyHost
-from stepvideo_setup import EMBEDDED, HEIGHT, WIDTH, text_to_latent_graph
+from stepvideo_setup import EMBEDDED, HEIGHT, WIDTH, saved_latent, text_to_latent_graph
 
 pytestmark = pytest.mark.multigpu
 
@@ -78,9 +77,7 @@ def prompt(sampler="StepVideoSampler", sequence=None, cfg_degree=1, steps=3, see
 
 
 def latent_of(client, graph):
-    entry = client.run_prompt(graph, timeout=300)
-    latent_file = next(f for f in client.output_files(entry, "6") if f["filename"].endswith(".latent"))
-    return load(client.fetch_output(latent_file))["latent_tensor"].float()
+    return saved_latent(client, client.run_prompt(graph, timeout=300), "6").float()
 
 
 @pytest.mark.parametrize("sampler, sequence, cfg_degree, shard", [("StepVideoSampler", 2, 1, False),

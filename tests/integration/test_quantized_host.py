@@ -6,11 +6,10 @@ through POST /prompt, and through the host's partial-loading (lowvram) paths in 
 import subprocess
 
 import torch
-from safetensors.torch import load
 
 from harness.server import default_comfyui_path, default_python
 from quantized_setup import FP8_DIT, GGUF_DIT, GGUF_LLM, LORA, LORA_BASE, MERGED
-from stepvideo_setup import HEIGHT, WIDTH, text_to_latent_graph
+from stepvideo_setup import HEIGHT, WIDTH, saved_latent, text_to_latent_graph
 from harness.workflow_specs import T2V
 
 
@@ -35,8 +34,7 @@ def text_to_latent(dit, step_llm=T2V, lora=None, seed=5, weight_dtype="default (
 def run(client, prompt):
     """(latent (1, C, T, h, w) float32, history entry)."""
     entry = client.run_prompt(prompt, timeout=600)
-    latent_file = next(f for f in client.output_files(entry, "6") if f["filename"].endswith(".latent"))
-    return load(client.fetch_output(latent_file))["latent_tensor"].float(), entry
+    return saved_latent(client, entry, "6").float(), entry
 
 
 def test_quantized_files_are_listed_in_the_standard_folders(comfy_client, quantized_models):

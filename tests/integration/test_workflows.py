@@ -9,13 +9,12 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from safetensors.torch import load
 
 from harness.workflow_specs import render_workflow_files
 from harness.client import PromptRejected, status_str
 from stepvideo_pack.media.mp4 import read_mp4_frames, read_mp4_metadata
 from stepvideo_pack.samplers.flow_schedule import partial_noise_levels
-from stepvideo_setup import BROKEN, CLEAN_CONTEXT, HEIGHT, MISSING_SHARD, WIDTH, shrink
+from stepvideo_setup import BROKEN, CLEAN_CONTEXT, HEIGHT, MISSING_SHARD, WIDTH, saved_latent, shrink
 from harness.workflow_specs import T2V, TURBO
 
 WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
@@ -79,12 +78,6 @@ def test_text_to_image_saves_one_png(comfy_client, stepvideo_models):
     assert image.size == (WIDTH, HEIGHT)
 
 
-def _saved_latent(comfy_client, entry, node_id):
-    files = [f for f in comfy_client.output_files(entry, node_id) if f["filename"].endswith(".latent")]
-    assert len(files) == 1, entry["outputs"]
-    return load(comfy_client.fetch_output(files[0]))["latent_tensor"]
-
-
 def _sampler_prompt(sampler):
     """text_to_video with the sampler replaced by ``sampler`` ('ours' or 'ksampler'), saving the latent."""
     prompt = shrink(load_workflow("text_to_video", api=True))
@@ -106,7 +99,7 @@ def test_stock_ksampler_on_our_model_matches_the_official_sampler(comfy_client, 
     latents = {}
     for sampler in ("ours", "ksampler"):
         prompt, save_node = _sampler_prompt(sampler)
-        latents[sampler] = _saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
+        latents[sampler] = saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
     ours, stock = latents["ours"], latents["ksampler"]
     assert ours.shape == stock.shape == (1, 16, 3, HEIGHT // 16, WIDTH // 16)
     # euler/simple with shift 13 and 10 steps is the official schedule exactly: same result up to rounding
@@ -122,7 +115,7 @@ def test_guidance_interval_is_cfg_then_the_prompt_alone(comfy_client, stepvideo_
     sampler = next(k for k, v in prompt.items() if v["class_type"] == "StepVideoSampler")
     old = prompt[sampler]["inputs"]
     old["cfg_stop_sigma"] = float(sigmas[4] + sigmas[5]) / 2
-    ours = _saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
+    ours = saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
 
     stock = {k: v for k, v in prompt.items() if k != sampler}
     stock.update({
@@ -142,11 +135,11 @@ def test_guidance_interval_is_cfg_then_the_prompt_alone(comfy_client, stepvideo_
                                                                     "sampler": ["82", 0], "sigmas": ["81", 1],
                                                                     "latent_image": ["87", 0]}},
     })
-    two_runs = _saved_latent(comfy_client, comfy_client.run_prompt(stock, timeout=300), save_node)
+    two_runs = saved_latent(comfy_client, comfy_client.run_prompt(stock, timeout=300), save_node)
     assert float(old["cfg"]) != 1.0 and ours.shape == two_runs.shape
     assert float((ours - two_runs).abs().max()) <= 1e-3 * max(1.0, float(ours.abs().max()))
     prompt[sampler]["inputs"]["cfg_stop_sigma"] = 0.0  # and the interval matters: CFG on every step differs
-    every_step = _saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
+    every_step = saved_latent(comfy_client, comfy_client.run_prompt(prompt, timeout=300), save_node)
     assert float((ours - every_step).abs().max()) > 1e-2 * float(ours.abs().max())
 
 
@@ -160,7 +153,7 @@ def _extension_latents(comfy_client, dit_folder):
     prompt["91"] = {"class_type": "SaveLatent", "inputs": {"samples": [encode, 0], "filename_prefix": "test/clip"}}
     prompt["92"] = {"class_type": "SaveLatent", "inputs": {"samples": [join, 0], "filename_prefix": "test/joined"}}
     entry = comfy_client.run_prompt(prompt, timeout=300)
-    return _saved_latent(comfy_client, entry, "91"), _saved_latent(comfy_client, entry, "92")
+    return saved_latent(comfy_client, entry, "91"), saved_latent(comfy_client, entry, "92")
 
 
 def test_extension_keeps_the_encoded_clip_bit_identical(comfy_client, stepvideo_models, stepvideo_inputs):
@@ -251,7 +244,7 @@ def test_fp8_weights_memory_options_and_attention_fallback_through_ksampler(comf
     lean["93"] = {"class_type": "StepVideoMemoryOptions",
                   "inputs": {"model": [loader, 0], "chunk_tokens": 32, "cfg_passes": "sequential"}}
     lean["90"]["inputs"]["model"] = ["93", 0]
-    base = _saved_latent(comfy_client, comfy_client.run_prompt(reference, timeout=300), save_node)
-    small = _saved_latent(comfy_client, comfy_client.run_prompt(lean, timeout=300), save_node)
+    base = saved_latent(comfy_client, comfy_client.run_prompt(reference, timeout=300), save_node)
+    small = saved_latent(comfy_client, comfy_client.run_prompt(lean, timeout=300), save_node)
     # fp8 weights (3 mantissa bits) move the result a little; chunking and sequential CFG do not
     assert float((base - small).norm() / base.norm()) < 0.1
