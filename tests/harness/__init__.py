@@ -7,6 +7,7 @@
     workflow_graph, workflow_specs   the shipped example workflows, built from /object_info
     parity          the checks against the official code's fixtures (tests/fixtures/parity)
     logged_numbers  measured numbers in the Markdown documents, rendered from their logs
+    peak_rss        a process's current and peak resident memory (/proc), for memory tests and benchmarks
 
 Installed editable as ``harness`` by scripts/bootstrap.sh (pyproject.toml).
 """
